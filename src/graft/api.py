@@ -1,0 +1,204 @@
+"""The Python API; each CLI command wraps one of these functions."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from graft.console import Reporter
+from graft.data.sources import ImageSet, load_images, require_classes
+from graft.data.split import stratified_split
+from graft.errors import GraftError
+from graft.evaluation import Evaluation, evaluate_logits, evaluate_model, predict_logits
+from graft.recipe import Recipe
+from graft.report import plot_confusion, plot_curves, save_figure, table, write_html
+from graft.routes import Context, get_route
+from graft.runs import Run, RunDirectory, default_run_path, load_run
+
+
+def _fabric(recipe: Recipe):
+    from lightning_fabric import Fabric
+
+    runtime = recipe.runtime
+    devices: Any = int(runtime.devices) if runtime.devices.isdigit() else runtime.devices
+    fabric = Fabric(accelerator=runtime.accelerator, devices=devices, strategy=runtime.strategy, precision=runtime.precision)
+    fabric.launch()
+    return fabric
+
+
+def make_splits(recipe: Recipe, reporter: Reporter) -> tuple[ImageSet, Optional[ImageSet], Optional[ImageSet]]:
+    """Train/val/test sets: given ones are read, missing ones are split off the training data (seeded, stratified)."""
+    data = recipe.data
+    if not data.train:
+        raise GraftError("no DATA given; e.g. `graft fit images/ --route lpft --backbone resnet18`")
+    train = load_images(data.train)
+    require_classes(train)
+    rest = np.arange(len(train))
+    test = load_images(data.test, classes=train.classes) if data.test else None
+    if test is None and data.test_fraction > 0:
+        rest, held = stratified_split(train.labels, data.test_fraction, recipe.runtime.seed, train.classes)
+        test = train.subset(held)
+    val = load_images(data.val, classes=train.classes) if data.val else None
+    if val is None and data.val_fraction > 0:
+        keep, held = stratified_split(train.labels[rest], data.val_fraction, recipe.runtime.seed + 1, train.classes)
+        val, rest = train.subset(rest[held]), rest[keep]
+    skipped = list(train.skipped) + (test.skipped if test is not None and test.skipped is not train.skipped else [])
+    train = train.subset(rest)
+    train.skipped = skipped
+    reporter.print(f"{len(train.classes)} classes; train {len(train)}, val {0 if val is None else len(val)}, "
+                   f"test {0 if test is None else len(test)} images" + (f"; skipped {len(skipped)} unreadable files" if skipped else ""))
+    return train, val, test
+
+
+def resolve_recipe(recipe: Optional[Recipe], overrides: Sequence[str], **fields: Any) -> Recipe:
+    """A recipe from defaults (or ``recipe``), then keyword fields, then ``section.key=value`` overrides."""
+    recipe = recipe or Recipe()
+    flat = {"route": fields.pop("route", None)}
+    assignments = [f"{k}={json.dumps(v)}" for k, v in fields.items() if v is not None]
+    if flat["route"]:
+        recipe = dataclasses.replace(recipe, route=flat["route"])
+    return recipe.override([*assignments, *overrides])
+
+
+def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] = None, weights: Optional[str] = None, *,
+        val: Any = None, test: Any = None, out: Optional[str | Path] = None, recipe: Optional[Recipe] = None,
+        overrides: Sequence[str] = (), quiet: bool = False, resume: Optional[str | Path] = None,
+        callbacks: Sequence[Callable[[dict[str, Any]], None]] = ()) -> Run:
+    """Train a classifier on ``data`` by ``route`` and return the finished :class:`Run`.
+
+    >>> run = graft.fit("images/", route="lpft", backbone="mobilenetv2_100", weights="mnv2.safetensors")
+    >>> run.metrics["test_accuracy"]
+    """
+    if resume is not None:
+        _, recipe = RunDirectory.reopen(resume)
+        recipe = recipe.override(list(overrides))
+    else:
+        recipe = resolve_recipe(recipe, overrides, route=route, **{"model.backbone": backbone, "model.weights": weights,
+                                "data.train": _as_path(data), "data.val": _as_path(val), "data.test": _as_path(test),
+                                "runtime.out": None if out is None else str(out), "runtime.quiet": quiet or None})
+    route_fn = get_route(recipe.route)
+    if recipe.runtime.threads:
+        torch.set_num_threads(recipe.runtime.threads)
+    fabric = _fabric(recipe)
+    fabric.seed_everything(recipe.runtime.seed, verbose=False)
+    reporter = Reporter(quiet=recipe.runtime.quiet, enabled=fabric.global_rank == 0)
+    started = time.time()
+    train, val, test = make_splits(recipe, reporter)
+    # refuse a bad backbone or weights file before anything is written or trained
+    from graft.backbones.factory import resolve_backbone
+
+    base_backbone, _ = resolve_backbone(recipe.model.backbone, recipe.model.weights)
+    writer = fabric.global_rank == 0
+    if resume is not None:
+        run, _ = RunDirectory.reopen(resume, writer)
+        checkpoint = run.load_checkpoint()
+        run.log(event="resume", from_checkpoint=checkpoint is not None)
+    else:
+        final = Path(recipe.runtime.out) if recipe.runtime.out else default_run_path(recipe)
+        context_probe = Context(recipe, fabric, train, val, test, RunDirectory(final, False), reporter)
+        context_probe.model()  # weights that do not fit fail here, before the run directory exists
+        run, checkpoint = RunDirectory.create(final, recipe, writer), None
+    context = Context(recipe, fabric, train, val, test, run, reporter, callbacks, checkpoint)
+    reporter.print(f"route [bold]{recipe.route}[/] on {recipe.model.backbone} -> {run.path}")
+    try:
+        result = route_fn(context)
+    except KeyboardInterrupt:
+        reporter.print(f"[yellow]interrupted[/]; continue with: graft fit --resume {run.path}")
+        raise
+    model = result.model.eval()
+    pre = context.preprocessing(model)
+    metrics: dict[str, Any] = {"seconds": round(time.time() - started, 2)}
+    evaluation = None
+    if test is not None and len(test):
+        logits = result.test_logits if result.test_logits is not None else predict_logits(model, test, pre, recipe.data.batch_size * 2, reporter)
+        evaluation = evaluate_logits(logits, test.labels, test.classes)
+        metrics.update(test_accuracy=evaluation.accuracy, test_count=evaluation.count)
+    if result.history and "val_accuracy" in result.history[0]:
+        metrics["val_accuracy"] = max(h["val_accuracy"] for h in result.history)
+    metrics["seconds"] = round(time.time() - started, 2)
+    meta = {"backbone": base_backbone, "route": recipe.route, "classes": train.classes, "preprocessing": pre.to_dict(),
+            "metrics": metrics, "info": result.info, "skipped_files": [{"file": f, "reason": r} for f, r in train.skipped],
+            "recipe": recipe.to_dict()}
+    run.save_model(model, meta)
+    if evaluation is not None and run.writer:
+        run.write_json("test_evaluation.json", evaluation.to_dict())
+    run.log(event="done", **metrics)
+    if run.writer:
+        write_run_report(run.work, meta, evaluation, result.history)
+    path = run.finish()
+    reporter.print(f"[green]done[/] {recipe.route}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+    return load_run(path) if writer else Run(path, model, meta)
+
+
+def _as_path(value: Any) -> Any:
+    if value is None or isinstance(value, ImageSet):
+        return None if value is None else value.origin
+    return str(value)
+
+
+def write_run_report(folder: Path, meta: dict[str, Any], evaluation: Optional[Evaluation], history: list[dict[str, Any]]) -> Path:
+    """report.html with the summary, per-class accuracy, confusion matrix and learning curves."""
+    images = []
+    sections = [("Summary", table([{"route": meta["route"], "backbone": meta["backbone"], **meta["metrics"]}]))]
+    if evaluation is not None:
+        images.append(save_figure(plot_confusion(evaluation.confusion, evaluation.classes), folder / "confusion.png"))
+        sections.append(("Per-class test accuracy", table([{"class": c, "accuracy": a} for c, a in evaluation.per_class.items()])))
+    if history:
+        images.append(save_figure(plot_curves(history), folder / "curves.png"))
+    if meta.get("skipped_files"):
+        sections.append(("Skipped files", table(meta["skipped_files"])))
+    return write_html(folder / "report.html", f"graft run: {meta['route']} on {meta['backbone']}", sections, images)
+
+
+def evaluate(run: str | Path | Run, data: Any, batch_size: int = 128, quiet: bool = True, out: Optional[str | Path] = None) -> Evaluation:
+    """Accuracy, per-class accuracy and confusion matrix of a finished run on labelled ``data``.
+
+    Writes ``confusion.png`` and ``evaluation.json`` to ``out`` (default: RUN/evaluations/<data name>).
+    """
+    run = run if isinstance(run, Run) else load_run(run)
+    images = load_images(data, classes=run.classes)
+    if (images.labels < 0).any():
+        raise GraftError(f"{images.origin}: {int((images.labels < 0).sum())} images have no label; evaluation needs labels")
+    evaluation = evaluate_model(run.model, images, run.preprocessing, batch_size, Reporter(quiet=quiet))
+    folder = Path(out) if out else run.path / "evaluations" / Path(str(data)).stem
+    folder.mkdir(parents=True, exist_ok=True)
+    evaluation.extra["confusion_png"] = str(save_figure(plot_confusion(evaluation.confusion, evaluation.classes), folder / "confusion.png"))
+    (folder / "evaluation.json").write_text(json.dumps(evaluation.to_dict(), indent=2))
+    return evaluation
+
+
+def predict(run: str | Path | Run, images: Sequence[str | Path] | ImageSet, top_k: int = 5) -> list[dict[str, Any]]:
+    """Top-k class names and probabilities for each image file."""
+    run = run if isinstance(run, Run) else load_run(run)
+    if not isinstance(images, ImageSet):
+        paths = [Path(p) for p in images]
+        for path in paths:
+            if not path.is_file():
+                raise GraftError(f"{path}: image not found; give existing image files")
+        images = ImageSet(run.classes, np.full(len(paths), -1, np.int64), paths=paths, origin="predict")
+    probabilities = torch.softmax(torch.from_numpy(predict_logits(run.model, images, run.preprocessing)), 1).numpy()
+    k = min(top_k, len(run.classes))
+    names = [str(p) for p in images.paths] if images.paths else [f"{images.origin}[{i}]" for i in range(len(images))]
+    results = []
+    for name, row in zip(names, probabilities):
+        order = np.argsort(-row)[:k]
+        results.append({"image": name, "top": [{"class": run.classes[i], "probability": float(row[i])} for i in order]})
+    return results
+
+
+def export(run: str | Path | Run, format: str = "onnx", out: Optional[str | Path] = None, atol: float = 1e-4) -> dict[str, Any]:
+    """Export to ONNX or TorchScript and check the exported outputs match PyTorch's within ``atol``."""
+    from graft.export import export_model
+
+    run = run if isinstance(run, Run) else load_run(run)
+    return export_model(run, format, Path(out) if out else None, atol)
+
+
+__all__ = ["fit", "evaluate", "predict", "export", "load_run", "Recipe", "Run", "GraftError"]
+

@@ -1,0 +1,232 @@
+"""Read a labelled image set from a class folder, a CSV of path,label or an .npz.
+
+Every reader returns an :class:`ImageSet`: images as RGB uint8 (H, W, 3) arrays,
+integer labels indexing ``classes``. Corrupt files are named, skipped and counted.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from graft.errors import GraftError
+
+log = logging.getLogger("graft")
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+DATA_FORMS = "a folder with one sub-folder per class, a CSV of path,label, or an .npz with images/labels"
+
+
+@dataclass
+class ImageSet:
+    """Images (in memory or as files) with labels. ``labels[i] == -1`` means unlabelled."""
+
+    classes: list[str]
+    labels: np.ndarray
+    arrays: Optional[np.ndarray] = None  # (N, H, W, 3) uint8
+    paths: Optional[list[Path]] = None
+    origin: str = ""
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, index: int) -> np.ndarray:
+        """Image ``index`` as an RGB uint8 (H, W, 3) array."""
+        if self.arrays is not None:
+            return self.arrays[index]
+        assert self.paths is not None
+        return read_image(self.paths[index])
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> "ImageSet":
+        indices = np.asarray(indices, dtype=np.int64)
+        return ImageSet(
+            classes=self.classes,
+            labels=self.labels[indices],
+            arrays=None if self.arrays is None else self.arrays[indices],
+            paths=None if self.paths is None else [self.paths[i] for i in indices],
+            origin=self.origin,
+            skipped=self.skipped,
+        )
+
+    def fingerprint(self) -> str:
+        """Content hash of the image list (pixels for arrays; path, size and mtime for files)."""
+        digest = hashlib.sha256()
+        if self.arrays is not None:
+            digest.update(str(self.arrays.shape).encode())
+            digest.update(np.ascontiguousarray(self.arrays).data)
+        else:
+            for path in self.paths or []:
+                stat = path.stat()
+                digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()[:16]
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels[self.labels >= 0], minlength=len(self.classes))
+        return {name: int(n) for name, n in zip(self.classes, counts)}
+
+
+def to_rgb_uint8(image: Image.Image) -> np.ndarray:
+    """Convert any PIL mode to RGB uint8: 16-bit and float greyscale are rescaled, alpha dropped."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        high = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        array = np.clip(array / high * 255.0, 0, 255).astype(np.uint8)
+        return np.repeat(array[..., None], 3, axis=2)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def read_image(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return to_rgb_uint8(image)
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise GraftError(f"{path}: cannot read image ({error}); replace or remove the file") from error
+
+
+def _check_image(path: Path) -> Optional[str]:
+    """Return why ``path`` is not a readable image, or None."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+        return f"not a readable image ({type(error).__name__}: {error})"
+    return None
+
+
+def _files_to_set(files: list[tuple[Path, str]], classes: list[str], origin: str) -> ImageSet:
+    skipped: list[tuple[str, str]] = []
+    paths: list[Path] = []
+    labels: list[int] = []
+    index = {name: i for i, name in enumerate(classes)}
+    for path, label in files:
+        reason = "file not found" if not path.exists() else _check_image(path)
+        if reason:
+            skipped.append((str(path), reason))
+            log.warning("skipped %s: %s", path, reason)
+            continue
+        paths.append(path)
+        labels.append(index[label])
+    return ImageSet(classes=classes, labels=np.asarray(labels, np.int64), paths=paths, origin=origin, skipped=skipped)
+
+
+def _read_folder(root: Path) -> tuple[list[tuple[Path, str]], list[str]]:
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise GraftError(f"{root}: no class sub-folders; put the images of each class in its own sub-folder")
+    files = []
+    for folder in folders:
+        members = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+        if not members:
+            raise GraftError(f"{folder}: class folder has no images; add images or remove the folder")
+        files.extend((p, folder.name) for p in members)
+    return files, [f.name for f in folders]
+
+
+def _read_csv(path: Path) -> tuple[list[tuple[Path, str]], list[str]]:
+    with path.open(newline="") as handle:
+        rows = [row for row in csv.reader(handle) if row and not row[0].startswith("#")]
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
+        rows = rows[1:]
+    if not rows:
+        raise GraftError(f"{path}: CSV has no rows; write one 'path,label' line per image")
+    files = []
+    for number, row in enumerate(rows, start=1):
+        if len(row) < 2:
+            raise GraftError(f"{path}: row {number} {row!r} is not 'path,label'")
+        file = Path(row[0].strip())
+        files.append((file if file.is_absolute() else path.parent / file, row[1].strip()))
+    return files, sorted({label for _, label in files})
+
+
+def _read_npz(path: Path, classes: Optional[list[str]]) -> ImageSet:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "images" not in npz:
+                raise GraftError(f"{path}: .npz has no 'images' array (keys: {list(npz.keys())}); save images=(N,H,W,3) uint8")
+            images = npz["images"]
+            labels = npz["labels"].astype(np.int64) if "labels" in npz else np.full(len(images), -1, np.int64)
+            names = [str(c) for c in npz["classes"]] if "classes" in npz else None
+    except (OSError, ValueError) as error:
+        raise GraftError(f"{path}: cannot read .npz ({error}); save it with numpy.savez") from error
+    images = _normalise_array(images, path)
+    if len(labels) != len(images):
+        raise GraftError(f"{path}: {len(images)} images but {len(labels)} labels; give one label per image")
+    if names is None:
+        names = classes or [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0)]
+    bad = sorted(set(labels[(labels < -1) | (labels >= len(names))].tolist()))
+    if bad:
+        raise GraftError(f"{path}: labels {bad[:10]} are outside the class list of {len(names)} classes; fix the labels or the 'classes' array")
+    return ImageSet(classes=names, labels=labels, arrays=images, origin=str(path))
+
+
+def _normalise_array(images: np.ndarray, path: Path) -> np.ndarray:
+    """(N,H,W), (N,H,W,1|3|4) of uint8/uint16/float -> (N,H,W,3) uint8."""
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise GraftError(f"{path}: images have shape {images.shape}; expected (N,H,W,3) (or (N,H,W) greyscale)")
+    if images.dtype == np.uint16:
+        images = (images >> 8).astype(np.uint8)
+    elif images.dtype.kind == "f":
+        scale = 255.0 if images.max() <= 1.0 else 1.0
+        images = np.clip(images * scale, 0, 255).astype(np.uint8)
+    elif images.dtype != np.uint8:
+        images = np.clip(images, 0, 255).astype(np.uint8)
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    elif images.shape[-1] == 4:
+        images = images[..., :3]
+    return images
+
+
+def load_images(source: str | Path | ImageSet, classes: Optional[list[str]] = None, labelled: bool = True) -> ImageSet:
+    """Read ``source`` into an :class:`ImageSet`.
+
+    ``classes``: the class list of the training set; a val/test set is re-indexed onto it,
+    and a class name it does not know is an error. ``labelled=False`` drops all labels.
+    """
+    if isinstance(source, ImageSet):
+        images = source
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise GraftError(f"{path}: DATA does not exist; give {DATA_FORMS}")
+        if path.is_dir():
+            files, names = _read_folder(path)
+            images = _files_to_set(files, names, str(path))
+        elif path.suffix.lower() == ".csv":
+            files, names = _read_csv(path)
+            images = _files_to_set(files, names, str(path))
+        elif path.suffix.lower() == ".npz":
+            images = _read_npz(path, classes)
+        else:
+            raise GraftError(f"{path}: unknown DATA form '{path.suffix}'; give {DATA_FORMS}")
+        if len(images) == 0:
+            raise GraftError(f"{path}: no readable images (skipped {len(images.skipped)}); give {DATA_FORMS}")
+    if not labelled:
+        return ImageSet(images.classes, np.full(len(images), -1, np.int64), images.arrays, images.paths, images.origin, images.skipped)
+    if classes is not None and images.classes != classes:
+        images = _reindex(images, classes)
+    return images
+
+
+def _reindex(images: ImageSet, classes: list[str]) -> ImageSet:
+    unknown = sorted(set(images.classes[i] for i in set(images.labels.tolist()) if i >= 0) - set(classes))
+    if unknown:
+        raise GraftError(f"{images.origin}: classes {unknown} are not among the training classes {classes}; remove them or retrain")
+    mapping = np.array([classes.index(c) if c in classes else -1 for c in images.classes] + [-1], np.int64)
+    return ImageSet(classes, mapping[images.labels], images.arrays, images.paths, images.origin, images.skipped)
+
+
+def require_classes(images: ImageSet) -> None:
+    """Refuse training sets with fewer than two classes present."""
+    present = [c for c, n in images.class_counts().items() if n > 0]
+    if len(present) < 2:
+        raise GraftError(f"{images.origin}: found {len(present)} class(es) {present}; a classifier needs at least two")

@@ -1,0 +1,34 @@
+"""Seeded, stratified splits that never leave a class empty."""
+from __future__ import annotations
+
+import numpy as np
+
+from graft.errors import GraftError
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int, names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (kept, held) with about ``fraction`` of each class held out.
+
+    Every class keeps at least one image on each side; a class with a single image
+    cannot be split and is an error naming it.
+    """
+    if fraction <= 0:
+        return np.arange(len(labels)), np.arange(0)
+    rng = np.random.default_rng(seed)
+    kept, held = [], []
+    for label in np.unique(labels[labels >= 0]):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        if len(members) < 2:
+            name = names[label] if names else str(label)
+            raise GraftError(f"class '{name}' has {len(members)} image: a split would leave it empty; add images or pass --val explicitly")
+        n_held = min(max(1, int(round(fraction * len(members)))), len(members) - 1)
+        held.extend(members[:n_held])
+        kept.extend(members[n_held:])
+    return np.sort(np.asarray(kept, np.int64)), np.sort(np.asarray(held, np.int64))
+
+
+def per_class_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Indices of ``per_class`` randomly chosen images of each class (for few-label benchmarks)."""
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels[labels >= 0])]
+    return np.sort(np.concatenate(chosen))

@@ -1,0 +1,137 @@
+"""Preprocessing and augmentation presets on torchvision.transforms.v2.
+
+Inputs are uint8 (3, H, W) tensors; outputs float32, normalised with the backbone's
+mean and std. Batch-level MixUp/CutMix are returned separately (they need labels).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+
+from graft.errors import GraftError
+from graft.recipe import AugmentConfig, DataConfig
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "flip": {"hflip": True},
+    "light": {"hflip": True, "crop_scale": 0.5},
+    "medium": {"hflip": True, "crop_scale": 0.35, "color": 0.3, "rotate": 10.0},
+    "strong": {"hflip": True, "crop_scale": 0.25, "color": 0.4, "rotate": 15.0, "trivial": True},
+    "digits": {"translate": 0.1, "rotate": 10.0},  # no flips: they change a digit's identity
+}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What an image goes through before the network; saved with every checkpoint."""
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+    crop_pct: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Preprocessing":
+        return cls(values["size"], tuple(values["mean"]), tuple(values["std"]), values["interpolation"], values["crop_pct"])
+
+
+def resolve_preprocessing(data_config: dict[str, Any], data: DataConfig) -> Preprocessing:
+    """Combine the backbone's data config (timm ``resolve_model_data_config``) with the recipe's overrides."""
+    size = data.image_size or int(data_config["input_size"][-1])
+    return Preprocessing(
+        size=size,
+        mean=tuple(float(m) for m in data_config["mean"]),
+        std=tuple(float(s) for s in data_config["std"]),
+        interpolation=data.interpolation or data_config.get("interpolation", "bilinear"),
+        crop_pct=data.crop_pct,
+    )
+
+
+def _mode(name: str) -> v2.InterpolationMode:
+    return {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC,
+            "nearest": v2.InterpolationMode.NEAREST}.get(name, v2.InterpolationMode.BILINEAR)
+
+
+def _finish(pre: Preprocessing) -> list[Any]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
+
+
+def eval_transform(pre: Preprocessing) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Resize the shorter side to size/crop_pct, centre-crop ``size``, normalise."""
+    resize = int(round(pre.size / pre.crop_pct))
+    return v2.Compose([v2.Resize(resize, interpolation=_mode(pre.interpolation), antialias=True),
+                       v2.CenterCrop(pre.size), *_finish(pre)])
+
+
+def augment_options(augment: AugmentConfig) -> dict[str, Any]:
+    """The preset's options with the recipe's explicit ones on top."""
+    if augment.preset not in PRESETS:
+        raise GraftError(f"unknown augmentation preset '{augment.preset}'; choose one of {list(PRESETS)}")
+    options = dict(PRESETS[augment.preset])
+    for key in ("hflip", "rotate", "crop_scale", "color", "translate"):
+        value = getattr(augment, key)
+        if value is not None:
+            options[key] = value
+    return options
+
+
+def train_transform(pre: Preprocessing, augment: AugmentConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Per-image training augmentation of ``augment`` (preset plus explicit options)."""
+    options = augment_options(augment)
+    interpolation = _mode(pre.interpolation)
+    steps: list[Any] = []
+    if options.get("crop_scale"):
+        steps.append(v2.RandomResizedCrop(pre.size, scale=(options["crop_scale"], 1.0), interpolation=interpolation, antialias=True))
+    else:
+        resize = int(round(pre.size / pre.crop_pct))
+        steps += [v2.Resize(resize, interpolation=interpolation, antialias=True), v2.CenterCrop(pre.size)]
+    if options.get("hflip"):
+        steps.append(v2.RandomHorizontalFlip())
+    if options.get("rotate") or options.get("translate"):
+        translate = options.get("translate") or 0.0
+        steps.append(v2.RandomAffine(degrees=options.get("rotate") or 0.0, translate=(translate, translate)))
+    if options.get("color"):
+        c = options["color"]
+        steps.append(v2.ColorJitter(brightness=c, contrast=c, saturation=c))
+    if options.get("trivial"):
+        steps.append(v2.TrivialAugmentWide(interpolation=interpolation))
+    return v2.Compose([*steps, *_finish(pre)])
+
+
+def batch_mixer(augment: AugmentConfig, num_classes: int) -> Optional[Callable[..., tuple[torch.Tensor, torch.Tensor]]]:
+    """MixUp and/or CutMix on a batch (one of them at random per batch), or None."""
+    mixers = []
+    if augment.mixup > 0:
+        mixers.append(v2.MixUp(alpha=augment.mixup, num_classes=num_classes))
+    if augment.cutmix > 0:
+        mixers.append(v2.CutMix(alpha=augment.cutmix, num_classes=num_classes))
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 array -> (3, H, W) uint8 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+
+
+class TransformedImages(torch.utils.data.Dataset):
+    """An ImageSet seen through a transform: items are (float tensor (3, S, S), label)."""
+
+    def __init__(self, images: Any, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(to_tensor(self.images.image(index))), int(self.images.labels[index])

@@ -1,0 +1,42 @@
+"""Export a finished run to ONNX or TorchScript, and check the copy computes what PyTorch computes."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from graft.errors import GraftError
+from graft.runs import Run
+
+
+def export_model(run: Run, format: str, out: Optional[Path], atol: float) -> dict[str, Any]:
+    """Write the model (input: normalised (B, 3, S, S) float32 batch; output: logits) and compare outputs."""
+    model = run.model.eval().to(memory_format=torch.contiguous_format)
+    size = run.preprocessing.size
+    example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(example).numpy()
+    if format == "onnx":
+        out = out or run.path / "model.onnx"
+        try:
+            import onnxruntime
+        except ImportError as error:
+            raise GraftError("ONNX export needs onnx and onnxruntime: pip install 'graft-learn[export]'") from error
+        torch.onnx.export(model, (example,), str(out), input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+        session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"images": example.numpy()})[0]
+    elif format == "torchscript":
+        out = out or run.path / "model.torchscript.pt"
+        with torch.no_grad():
+            traced = torch.jit.trace(model, example)
+        traced.save(str(out))
+        with torch.no_grad():
+            got = torch.jit.load(str(out))(example).numpy()
+    else:
+        raise GraftError(f"unknown export format '{format}'; choose onnx or torchscript")
+    difference = float(np.abs(got - expected).max())
+    return {"path": str(out), "format": format, "max_abs_difference": difference, "matches": difference <= atol, "atol": atol,
+            "input": {"shape": ["batch", 3, size, size], "mean": run.preprocessing.mean, "std": run.preprocessing.std}}

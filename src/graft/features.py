@@ -1,0 +1,68 @@
+"""Frozen-backbone features, extracted once and cached on disk.
+
+The cache key is (backbone weights hash, preprocessing, image-set fingerprint), so every
+later run on the same images with the same backbone reuses them (DESIGN.md route 1).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from graft.backbones import weights_hash
+from graft.console import Reporter
+from graft.data.sources import ImageSet
+from graft.data.transforms import Preprocessing, TransformedImages, eval_transform
+
+
+def cache_dir() -> Path:
+    """``$GRAFT_CACHE`` or ``~/.cache/graft``."""
+    return Path(os.environ.get("GRAFT_CACHE") or Path.home() / ".cache" / "graft")
+
+
+def pooled_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, S, S) -> (B, D) pre-logit features through timm's interface."""
+    return model.forward_head(model.forward_features(images), pre_logits=True)
+
+
+@torch.inference_mode()
+def extract_features(model: nn.Module, images: ImageSet, pre: Preprocessing, batch_size: int = 128,
+                     reporter: Optional[Reporter] = None, channels_last: bool = True) -> np.ndarray:
+    """(N, D) float32 features of ``images`` with the model in eval mode (its mode is restored)."""
+    was_training = model.training
+    model.eval()
+    loader = torch.utils.data.DataLoader(TransformedImages(images, eval_transform(pre)), batch_size=batch_size)
+    reporter = reporter or Reporter(quiet=True)
+    outputs = []
+    device = next(model.parameters()).device
+    for batch, _ in reporter.track(loader, len(loader), f"features {len(images)} images"):
+        batch = batch.to(device)
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        outputs.append(pooled_features(model, batch).float().cpu())
+    model.train(was_training)
+    return torch.cat(outputs).numpy() if outputs else np.zeros((0, getattr(model, "num_features", 0)), np.float32)
+
+
+def cached_features(model: nn.Module, images: ImageSet, pre: Preprocessing, batch_size: int = 128,
+                    reporter: Optional[Reporter] = None, use_cache: bool = True, channels_last: bool = True) -> tuple[np.ndarray, bool]:
+    """Features from the disk cache when present, else extracted and stored. Returns (features, was_cached)."""
+    if not use_cache:
+        return extract_features(model, images, pre, batch_size, reporter, channels_last), False
+    key = hashlib.sha256(json.dumps([weights_hash(model), pre.to_dict(), images.fingerprint(), "v1"]).encode()).hexdigest()[:24]
+    path = cache_dir() / "features" / f"{key}.npy"
+    if path.exists():
+        return np.load(path), True
+    features = extract_features(model, images, pre, batch_size, reporter, channels_last)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+        np.save(handle, features)
+    os.replace(handle.name, path)
+    return features, False

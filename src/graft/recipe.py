@@ -1,0 +1,202 @@
+"""One config object for every route: a Recipe of nested dataclasses.
+
+YAML is its serialisation; overrides (``section.key=value``) are type-checked against
+the dataclass annotations and unknown keys are errors, as in DESIGN.md §3.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from graft.errors import GraftError
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are split and preprocessed."""
+
+    train: Optional[str] = None
+    val: Optional[str] = None
+    test: Optional[str] = None
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    image_size: Optional[int] = None  # None: the backbone's own input size
+    crop_pct: float = 1.0  # 1.0 keeps the whole (square-cropped) image; timm's ImageNet default is 0.875
+    interpolation: Optional[str] = None  # None: the backbone's own
+    batch_size: int = 64
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Backbone name (timm name, ``tv:NAME`` or a graft net) and its weights."""
+
+    backbone: str = "resnet18"
+    weights: Optional[str] = None  # .safetensors/.pth file, or a graft run directory
+    pretrained: bool = True  # use the hub (or --weights); False: random init
+    channels_last: bool = True  # about 2x faster convolutions on CPU
+
+
+@dataclass
+class LinearConfig:
+    """Linear probe: multinomial logistic regression on frozen features (DESIGN.md route 1)."""
+
+    c_grid: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0])
+    max_iter: int = 1000
+    cache: bool = True
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation: a named preset plus explicit options (torchvision.transforms.v2)."""
+
+    preset: str = "light"  # none | flip | light | medium | strong
+    hflip: Optional[bool] = None
+    rotate: Optional[float] = None  # degrees
+    crop_scale: Optional[float] = None  # min scale of RandomResizedCrop
+    color: Optional[float] = None  # brightness/contrast/saturation jitter
+    translate: Optional[float] = None  # affine translation fraction
+    mixup: float = 0.0  # alpha; 0 disables
+    cutmix: float = 0.0  # alpha; 0 disables
+
+
+@dataclass
+class TrainConfig:
+    """Gradient training of backbone and head (fine-tune, LP-FT, scratch)."""
+
+    stages: str = "new:1,all:9"  # staged unfreezing: new | top-K | all, each with its epochs
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3  # learning rate of the new layers
+    backbone_lr_ratio: float = 0.1  # backbone lr = lr * ratio (new layers 10x by default)
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = 0.5
+    step_epochs: int = 30
+    step_gamma: float = 0.1
+    bn_mode: Literal["train", "frozen", "eval"] = "train"
+    label_smoothing: float = 0.1
+    patience: Optional[int] = 5  # early stopping on validation accuracy; None: never stop early
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how it runs (Lightning Fabric settings, seed, output)."""
+
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: str = "1"
+    strategy: str = "auto"
+    precision: str = "32-true"
+    threads: Optional[int] = None
+    out: Optional[str] = None
+    quiet: bool = False
+
+
+@dataclass
+class Recipe:
+    """Everything a run needs; saved as ``recipe.yaml`` in the run directory."""
+
+    route: str = "lpft"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    linear: LinearConfig = field(default_factory=LinearConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Recipe":
+        return _build(cls, values, "")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Recipe":
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise GraftError(f"{path}: cannot read recipe ({error}); give a YAML file like a run's recipe.yaml") from error
+        return cls.from_dict(values)
+
+    def override(self, assignments: list[str]) -> "Recipe":
+        """Return a copy with ``section.key=value`` assignments applied (values parsed as YAML)."""
+        values = self.to_dict()
+        for assignment in assignments:
+            key, sep, raw = assignment.partition("=")
+            if not sep:
+                raise GraftError(f"override '{assignment}' is not KEY=VALUE; e.g. --set train.lr=3e-4")
+            target = values
+            parts = key.strip().split(".")
+            for part in parts[:-1]:
+                if not isinstance(target.get(part), dict):
+                    raise GraftError(f"override '{assignment}': unknown section '{part}'; see `graft fit --help`")
+                target = target[part]
+            if parts[-1] not in target:
+                raise GraftError(f"override '{assignment}': unknown key '{key}'; known: {', '.join(target)}")
+            target[parts[-1]] = yaml.safe_load(raw)
+        return Recipe.from_dict(values)
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from a dict, checking keys and types."""
+    if not isinstance(values, dict):
+        raise GraftError(f"recipe section '{where or 'top'}' must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise GraftError(f"unknown recipe key(s) {sorted(unknown)} in '{where or 'top'}'; known: {sorted(names)}")
+    kwargs = {name: _check(hints[name], value, f"{where}{name}") for name, value in values.items()}
+    return cls(**kwargs)
+
+
+def _check(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where + ".")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check(arg, value, where)
+            except GraftError as error:
+                errors.append(str(error))
+        raise GraftError(errors[0])
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise GraftError(f"recipe key '{where}' must be one of {list(typing.get_args(hint))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise GraftError(f"recipe key '{where}' must be a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_check(item, v, where) for v in value]
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads '3e-4' as a string
+            return float(value)
+        except ValueError:
+            pass
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if hint in (int, bool, str) and type(value) is hint:
+        return value
+    raise GraftError(f"recipe key '{where}' must be {getattr(hint, '__name__', hint)}, got {value!r}")

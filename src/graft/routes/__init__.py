@@ -1,0 +1,42 @@
+"""One registry of routes; the registry names are the CLI names (DESIGN.md §3).
+
+A route is one function ``route(context) -> RouteResult`` in its own module.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from graft.errors import GraftError
+from graft.routes.context import Context, RouteResult
+
+RouteFn = Callable[[Context], RouteResult]
+ROUTES: dict[str, RouteFn] = {}
+USES_PRETRAINED: dict[str, bool] = {}  # False: the route starts from random weights (scratch)
+_MODULES = ("linear", "finetune", "lpft", "scratch")
+
+
+def register_route(name: str, pretrained: bool = True) -> Callable[[RouteFn], RouteFn]:
+    """Register ``function`` as route ``name``; ``pretrained=False`` for routes that start from random weights."""
+
+    def decorate(function: RouteFn) -> RouteFn:
+        ROUTES[name] = function
+        USES_PRETRAINED[name] = pretrained
+        return function
+
+    return decorate
+
+
+def route_names() -> list[str]:
+    for module in _MODULES:
+        importlib.import_module(f"graft.routes.{module}")
+    return list(ROUTES)
+
+
+def get_route(name: str) -> RouteFn:
+    if name not in route_names():
+        raise GraftError(f"unknown route '{name}'; choose one of {', '.join(ROUTES)}")
+    return ROUTES[name]
+
+
+__all__ = ["Context", "RouteResult", "ROUTES", "USES_PRETRAINED", "get_route", "register_route", "route_names"]

@@ -1,0 +1,68 @@
+"""What every route receives (the data splits, the recipe, Fabric, the run) and returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import timm
+from lightning_fabric import Fabric
+from torch import nn
+
+from graft.backbones import create_model
+from graft.console import Reporter
+from graft.data.sources import ImageSet
+from graft.data.transforms import Preprocessing, resolve_preprocessing
+from graft.features import cached_features
+from graft.recipe import Recipe
+from graft.runs import RunDirectory
+
+
+@dataclass
+class RouteResult:
+    """The trained classifier; ``test_logits`` when the route already has them (e.g. from cached features)."""
+
+    model: nn.Module
+    info: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    test_logits: Optional[np.ndarray] = None
+
+
+@dataclass
+class Context:
+    recipe: Recipe
+    fabric: Fabric
+    train: ImageSet
+    val: Optional[ImageSet]
+    test: Optional[ImageSet]
+    run: RunDirectory
+    reporter: Reporter
+    callbacks: Sequence[Callable[[dict[str, Any]], None]] = ()
+    checkpoint: Optional[dict[str, Any]] = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train.classes)
+
+    def model(self, pretrained: Optional[bool] = None) -> nn.Module:
+        """A fresh classifier on the recipe's backbone (its weights file, a run, or the hub).
+
+        ``pretrained`` defaults to what the route registered (scratch: random weights).
+        """
+        from graft.routes import USES_PRETRAINED
+
+        m = self.recipe.model
+        pretrained = USES_PRETRAINED.get(self.recipe.route, True) if pretrained is None else pretrained
+        return create_model(m.backbone, self.num_classes, weights=m.weights if pretrained else None,
+                            pretrained=pretrained and m.pretrained)
+
+    def preprocessing(self, model: nn.Module) -> Preprocessing:
+        return resolve_preprocessing(timm.data.resolve_model_data_config(model), self.recipe.data)
+
+    def features(self, model: nn.Module, images: ImageSet) -> np.ndarray:
+        """Cached frozen features (N, D) of ``images``."""
+        features, cached = cached_features(model, images, self.preprocessing(model), self.recipe.data.batch_size * 2,
+                                           self.reporter, self.recipe.linear.cache, self.recipe.model.channels_last)
+        self.reporter.print(f"features of {len(images)} images: {'from cache' if cached else 'extracted'}")
+        self.run.log(event="features", images=len(images), cached=cached)
+        return features

@@ -1,0 +1,233 @@
+"""Run directories: written under a temporary name, moved into place when complete, resumable.
+
+Layout of a finished run::
+
+    recipe.yaml      the resolved Recipe
+    metrics.jsonl    one JSON object per epoch / event
+    model.safetensors  weights (backbone + head)
+    model.json       backbone, classes, preprocessing, route, summary metrics, recipe
+    env.json         library versions, git revision, command line
+    report.html      (+ PNGs)
+
+While training, ``checkpoint/`` holds the resume state (weights, optimizer tensors, JSON).
+No pickled objects are ever written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from graft.errors import GraftError
+from graft.recipe import Recipe
+
+
+def partial_path(final: Path) -> Path:
+    return final.parent / f".{final.name}.partial"
+
+
+def default_run_path(recipe: Recipe, root: str | Path = "runs") -> Path:
+    backbone = recipe.model.backbone.replace(":", "-").replace("/", "-")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(root) / f"{recipe.route}-{backbone}-{stamp}"
+    n = 1
+    while path.exists() or partial_path(path).exists():
+        n += 1
+        path = Path(root) / f"{recipe.route}-{backbone}-{stamp}-{n}"
+    return path
+
+
+def environment() -> dict[str, Any]:
+    """Library versions, git revision and command line, for ``env.json``."""
+    import lightning_fabric
+    import sklearn
+    import timm
+    import torchvision
+
+    import graft
+
+    try:
+        revision = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                  cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        revision = None
+    return {"graft": graft.__version__, "git_revision": revision, "python": platform.python_version(),
+            "torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
+            "lightning_fabric": lightning_fabric.__version__, "scikit_learn": sklearn.__version__,
+            "platform": platform.platform(), "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class RunDirectory:
+    """A run being written. ``path`` is where it will be; files go to ``work`` until :meth:`finish`."""
+
+    def __init__(self, final: Path, writer: bool = True) -> None:
+        self.path = Path(final)
+        self.work = partial_path(self.path)
+        self.writer = writer  # False on non-zero DDP ranks: they compute but never write
+
+    @classmethod
+    def create(cls, final: Path, recipe: Recipe, writer: bool = True) -> "RunDirectory":
+        run = cls(final, writer)
+        if run.path.exists():
+            raise GraftError(f"{run.path}: run directory already exists; choose another --out or remove it")
+        if writer:
+            if run.work.exists():
+                raise GraftError(f"{run.work}: an interrupted run is there; continue it with `graft fit --resume {run.path}` or remove it")
+            run.work.mkdir(parents=True)
+            _atomic_write(run.work / "recipe.yaml", recipe.to_yaml())
+            _atomic_write(run.work / "env.json", json.dumps(environment(), indent=2))
+        return run
+
+    @classmethod
+    def reopen(cls, path: str | Path, writer: bool = True) -> tuple["RunDirectory", Recipe]:
+        """An interrupted run (given by its final name or its ``.NAME.partial`` folder) and its recipe."""
+        path = Path(path)
+        if path.name.startswith(".") and path.name.endswith(".partial"):
+            path = path.parent / path.name[1: -len(".partial")]
+        run = cls(path, writer)
+        if run.path.exists() and not run.work.exists():
+            raise GraftError(f"{run.path}: this run is already complete; nothing to resume")
+        if not (run.work / "recipe.yaml").exists():
+            raise GraftError(f"{run.work}: no interrupted run here (no recipe.yaml); check the path")
+        return run, Recipe.from_yaml(run.work / "recipe.yaml")
+
+    def log(self, **record: Any) -> None:
+        """Append one JSON line to metrics.jsonl."""
+        if self.writer:
+            with (self.work / "metrics.jsonl").open("a") as handle:
+                handle.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+
+    def write_json(self, name: str, data: Any) -> None:
+        if self.writer:
+            _atomic_write(self.work / name, json.dumps(data, indent=2, default=str))
+
+    # --- resume state -------------------------------------------------------------------------
+    def save_checkpoint(self, model: nn.Module, optimizer: torch.optim.Optimizer, best: Optional[dict[str, torch.Tensor]],
+                        state: dict[str, Any]) -> None:
+        """Write weights, optimizer tensors and JSON state into a fresh folder, then swap it in."""
+        if not self.writer:
+            return
+        tmp = self.work / "checkpoint.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file(_plain(model.state_dict()), str(tmp / "model.safetensors"))
+        if best is not None:
+            save_file(_plain(best), str(tmp / "best.safetensors"))
+        tensors, groups = _flatten_optimizer(optimizer.state_dict())
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({**state, "param_groups": groups}))
+        old = self.work / "checkpoint.old"
+        current = self.work / "checkpoint"
+        if current.exists():
+            os.replace(current, old)
+        os.replace(tmp, current)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def load_checkpoint(self) -> Optional[dict[str, Any]]:
+        """The last checkpoint as {"model", "best", "optimizer", "state"}, or None."""
+        folder = self.work / "checkpoint"
+        if not (folder / "state.json").exists():
+            return None
+        state = json.loads((folder / "state.json").read_text())
+        best = folder / "best.safetensors"
+        return {"model": load_file(str(folder / "model.safetensors")), "best": load_file(str(best)) if best.exists() else None,
+                "optimizer": _unflatten_optimizer(load_file(str(folder / "optimizer.safetensors")), state.pop("param_groups")),
+                "state": state}
+
+    # --- completion ---------------------------------------------------------------------------
+    def save_model(self, model: nn.Module, meta: dict[str, Any]) -> None:
+        if self.writer:
+            save_file(_plain(model.state_dict()), str(self.work / "model.safetensors"))
+            self.write_json("model.json", meta)
+
+    def finish(self) -> Path:
+        """Drop the resume state and move the run into place."""
+        if self.writer:
+            shutil.rmtree(self.work / "checkpoint", ignore_errors=True)
+            os.replace(self.work, self.path)
+        return self.path
+
+
+def _plain(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    tensors: dict[str, torch.Tensor] = {}
+    for index, slots in state["state"].items():
+        for slot, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}/{slot}"] = value.detach().cpu().contiguous()
+            elif value is not None:
+                tensors[f"{index}/{slot}"] = torch.tensor(value)
+    return tensors, state["param_groups"]
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]) -> dict[str, Any]:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        index, slot = key.split("/", 1)
+        state.setdefault(int(index), {})[slot] = value
+    return {"state": state, "param_groups": groups}
+
+
+@dataclass
+class Run:
+    """A finished run, loaded for evaluation, prediction, export or transfer."""
+
+    path: Path
+    model: nn.Module
+    meta: dict[str, Any]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta["classes"]
+
+    @property
+    def preprocessing(self) -> Any:
+        from graft.data.transforms import Preprocessing
+
+        return Preprocessing.from_dict(self.meta["preprocessing"])
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.meta.get("metrics", {})
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, backbone={self.meta['backbone']!r}, route={self.meta['route']!r}, metrics={self.metrics})"
+
+
+def load_run(path: str | Path) -> Run:
+    """Rebuild a finished run's model from ``model.json`` + ``model.safetensors`` (no hub access)."""
+    from graft.backbones import create_model
+
+    path = Path(path)
+    meta_path = path / "model.json"
+    if not meta_path.exists():
+        hint = " (it was interrupted: `graft fit --resume` it)" if partial_path(path).exists() else ""
+        raise GraftError(f"{path}: not a finished graft run{hint}; give a directory written by `graft fit`")
+    meta = json.loads(meta_path.read_text())
+    model = create_model(meta["backbone"], len(meta["classes"]), pretrained=False)
+    state = load_file(str(path / "model.safetensors"))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise GraftError(f"{path}/model.safetensors does not match backbone '{meta['backbone']}': {error}") from error
+    return Run(path, model.eval(), meta)

@@ -1,0 +1,1 @@
+"""One training loop (Lightning Fabric), its per-batch steps and staged unfreezing."""

@@ -1,0 +1,119 @@
+"""Staged unfreezing: parameter groups from timm's ``group_matcher`` and which of them train when.
+
+A stage is ``new`` (only the new head), ``top-K`` (the head and the top K backbone groups)
+or ``all``: the scenarios *New*, *top-k + New*, *All* of Yosinski et al. 2014 / Wang et al. 2017,
+generalised to any timm backbone without per-architecture tables.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from torch import nn
+
+from graft.backbones import head_prefix
+from graft.errors import GraftError
+
+
+@dataclass(frozen=True)
+class Stage:
+    """``train`` is 'new', 'top-K' or 'all'; ``epochs`` how long the stage lasts."""
+
+    train: str
+    epochs: int
+
+    def top_groups(self, total: int) -> int:
+        if self.train == "new":
+            return 0
+        if self.train == "all":
+            return total
+        return min(int(self.train.split("-")[1]), total)
+
+
+def parse_stages(spec: str) -> list[Stage]:
+    """'new:2,top-2:3,all:10' -> [Stage('new', 2), Stage('top-2', 3), Stage('all', 10)]."""
+    stages = []
+    for part in spec.split(","):
+        name, _, epochs = part.strip().partition(":")
+        if not re.fullmatch(r"new|all|top-\d+", name) or not epochs.isdigit():
+            raise GraftError(f"stage '{part}' must be NAME:EPOCHS with NAME new, top-K or all; e.g. --stages new:1,top-2:2,all:8")
+        stages.append(Stage(name, int(epochs)))
+    return stages
+
+
+def backbone_groups(model: nn.Module) -> list[list[str]]:
+    """Backbone parameter names in groups, bottom (stem) to top; the head is excluded.
+
+    From timm's ``group_matcher(coarse=True)`` when the model has one; otherwise by
+    parameter order, split at the top-level modules (or their children when there are few).
+    """
+    head = head_prefix(model)
+    names = [n for n, _ in model.named_parameters() if not n.startswith(head)]
+    if hasattr(model, "group_matcher"):
+        from timm.models import group_parameters
+
+        grouped = group_parameters(model, model.group_matcher(coarse=True))
+        groups = [[n for n in members if not n.startswith(head)] for _, members in sorted(grouped.items())]
+    else:
+        groups = _groups_by_order(names)
+    return [g for g in groups if g]
+
+
+def _groups_by_order(names: list[str]) -> list[list[str]]:
+    for depth in (1, 2, 3, 4):
+        keys = [".".join(n.split(".")[:depth]) for n in names]
+        if len(dict.fromkeys(keys)) >= 4 or depth == 4:
+            break
+    groups: dict[str, list[str]] = {}
+    for key, name in zip(keys, names):
+        groups.setdefault(key, []).append(name)
+    return list(groups.values())
+
+
+def trainable_names(model: nn.Module, stage: Stage, bn_mode: str) -> set[str]:
+    """Parameter names that train in ``stage`` (BatchNorm affine excluded when bn_mode='eval')."""
+    head = head_prefix(model)
+    groups = backbone_groups(model)
+    k = stage.top_groups(len(groups))
+    names = {n for group in groups[len(groups) - k:] for n in group} if k else set()
+    names |= {n for n, _ in model.named_parameters() if n.startswith(head)}
+    if bn_mode == "eval":
+        names -= {f"{m}.{p}" for m, module in model.named_modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)
+                  for p, _ in module.named_parameters(recurse=False) if not f"{m}.{p}".startswith(head)}
+    return names
+
+
+def apply_stage(model: nn.Module, trainable: set[str], bn_mode: str) -> None:
+    """Set requires_grad and module modes for a stage.
+
+    BatchNorm statistics stay frozen (eval mode) in every layer that does not train, and
+    everywhere unless ``bn_mode == 'train'``.
+    """
+    model.train()
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name in trainable)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            own = [p for p in module.parameters(recurse=False)]
+            frozen_layer = not any(p.requires_grad for p in own) if own else True
+            if bn_mode != "train" or frozen_layer:
+                module.eval()
+
+
+def optimizer_groups(model: nn.Module, lr: float, backbone_ratio: float, weight_decay: float) -> list[dict]:
+    """Four groups: {head, backbone} x {decayed, not decayed (biases and norms)}; only trainable parameters.
+
+    The new head trains at ``lr``, the pretrained backbone at ``lr * backbone_ratio``.
+    """
+    head = head_prefix(model)
+    buckets: dict[tuple[bool, bool], list] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        buckets.setdefault((name.startswith(head), parameter.ndim > 1), []).append(parameter)
+    groups = []
+    for (is_head, decayed), params in sorted(buckets.items()):
+        group_lr = lr if is_head else lr * backbone_ratio
+        groups.append({"params": params, "lr": group_lr, "base_lr": group_lr, "weight_decay": weight_decay if decayed else 0.0,
+                       "name": ("head" if is_head else "backbone") + ("" if decayed else "_no_decay")})
+    return groups

@@ -1,0 +1,174 @@
+"""graft's one training loop, on Lightning Fabric (devices, precision, DDP, checkpoint I/O).
+
+Stages run in order, each with a fresh optimizer and a rebuilt module wrapper (so DDP
+never sees ``requires_grad`` change under it). Every epoch is seeded from
+(seed, stage, epoch), and a checkpoint is written after it, so a resumed run repeats
+exactly what the uninterrupted one would have done.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from lightning_fabric import Fabric
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from graft.console import Reporter
+from graft.data.sources import ImageSet
+from graft.data.transforms import Preprocessing, TransformedImages, batch_mixer, eval_transform, train_transform
+from graft.recipe import Recipe, TrainConfig
+from graft.runs import RunDirectory
+from graft.train.groups import Stage, apply_stage, optimizer_groups, trainable_names
+from graft.train.steps import SupervisedStep
+
+Callback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class LoopState:
+    """Where the loop is; saved in every checkpoint as JSON."""
+
+    stage: int = 0
+    epoch: int = 0  # epochs finished in the current stage
+    best_accuracy: float = -1.0
+    best_loss: float = math.inf
+    best_at: Optional[list[int]] = None
+    bad_epochs: int = 0
+    global_epoch: int = 0
+
+
+def lr_factor(config: TrainConfig, progress: float, epoch: int, epochs: int) -> float:
+    """Multiplier of each group's base lr: linear warm-up then cosine to 0, step decay, or constant."""
+    warm = config.warmup_epochs / max(epochs, 1)
+    if progress < warm:
+        return 0.1 + 0.9 * progress / warm
+    if config.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * (progress - warm) / max(1 - warm, 1e-8)))
+    if config.schedule == "step":
+        return config.step_gamma ** (epoch // config.step_epochs)
+    return 1.0
+
+
+def make_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=config.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=groups[0]["lr"])
+
+
+def _seed(seed: int, stage: int, epoch: int) -> int:
+    return (seed * 1_000_003 + stage * 10_007 + epoch * 101) % (2**31)
+
+
+@torch.no_grad()
+def validate(fabric: Fabric, model: nn.Module, loader: DataLoader) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) over ``loader``, summed across processes."""
+    model.eval()
+    totals = torch.zeros(3)
+    for images, labels in loader:
+        logits = model(images)
+        totals += torch.tensor([(logits.argmax(1) == labels).sum().item(),
+                                nn.functional.cross_entropy(logits.float(), labels, reduction="sum").item(), len(labels)])
+    totals = fabric.all_reduce(totals, reduce_op="sum") if fabric.world_size > 1 else totals
+    return float(totals[0] / totals[2]), float(totals[1] / totals[2])
+
+
+def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], train: ImageSet, val: Optional[ImageSet],
+                 pre: Preprocessing, recipe: Recipe, run: RunDirectory, reporter: Reporter,
+                 step: Optional[Callable[..., dict[str, torch.Tensor]]] = None, callbacks: Sequence[Callback] = (),
+                 checkpoint: Optional[dict[str, Any]] = None, channels_last: bool = True) -> list[dict[str, Any]]:
+    """Train ``model`` in place through ``stages``; restore the best validation weights at the end.
+
+    ``checkpoint`` (from :meth:`RunDirectory.load_checkpoint`) continues an interrupted run.
+    Returns the per-epoch history (also appended to metrics.jsonl).
+    """
+    config = recipe.train
+    batch_size = min(recipe.data.batch_size, len(train))
+    generator = torch.Generator()
+    train_loader = DataLoader(TransformedImages(train, train_transform(pre, config.augment)), batch_size=batch_size,
+                              shuffle=True, generator=generator, drop_last=len(train) > batch_size,
+                              num_workers=recipe.data.num_workers)
+    loaders = [train_loader]
+    if val is not None and len(val):
+        loaders.append(DataLoader(TransformedImages(val, eval_transform(pre)), batch_size=recipe.data.batch_size * 2,
+                                  num_workers=recipe.data.num_workers))
+    loaders = fabric.setup_dataloaders(*loaders)
+    train_loader, val_loader = (loaders, None) if len(loaders) == 1 else loaders  # type: ignore[misc]
+    step = step or SupervisedStep(config.label_smoothing, batch_mixer(config.augment, len(train.classes)))
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    state = LoopState()
+    best: Optional[dict[str, torch.Tensor]] = None
+    if checkpoint is not None:
+        state = LoopState(**checkpoint["state"]["loop"])
+        model.load_state_dict(checkpoint["model"])
+        best = checkpoint["best"]
+    history: list[dict[str, Any]] = []
+
+    for index in range(state.stage, len(stages)):
+        stage = stages[index]
+        trainable = trainable_names(model, stage, config.bn_mode)
+        apply_stage(model, trainable, config.bn_mode)
+        optimizer = make_optimizer(config, optimizer_groups(model, config.lr, config.backbone_lr_ratio, config.weight_decay))
+        if checkpoint is not None and index == state.stage and state.epoch > 0:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        module = fabric.setup_module(model)
+        optimizer = fabric.setup_optimizers(optimizer)
+        steps = len(train_loader)
+        reporter.print(f"stage {index + 1}/{len(stages)} [bold]{stage.train}[/]: {stage.epochs} epochs, "
+                       f"{sum(p.numel() for n, p in model.named_parameters() if n in trainable):,} trainable parameters")
+        for epoch in range(state.epoch, stage.epochs):
+            started = time.time()
+            torch.manual_seed(_seed(recipe.runtime.seed, index, epoch))
+            generator.manual_seed(_seed(recipe.runtime.seed + 1, index, epoch))
+            if isinstance(getattr(train_loader, "sampler", None), DistributedSampler):
+                train_loader.sampler.set_epoch(state.global_epoch)
+            apply_stage(model, trainable, config.bn_mode)
+            sums = torch.zeros(3)
+            for i, batch in enumerate(reporter.track(train_loader, steps, f"{stage.train} epoch {epoch + 1}/{stage.epochs}")):
+                factor = lr_factor(config, (epoch * steps + i) / (stage.epochs * steps), epoch, stage.epochs)
+                for group in optimizer.param_groups:
+                    group["lr"] = group["base_lr"] * factor
+                if channels_last:
+                    batch = (batch[0].contiguous(memory_format=torch.channels_last), *batch[1:])
+                out = step(module, batch)
+                optimizer.zero_grad(set_to_none=True)
+                fabric.backward(out["loss"])
+                optimizer.step()
+                sums += torch.tensor([out["loss"].item() * len(out["labels"]),
+                                      (out["logits"].argmax(1) == out["labels"]).sum().item(), len(out["labels"])])
+            record: dict[str, Any] = {"event": "epoch", "stage": index, "stage_name": stage.train, "epoch": epoch + 1,
+                                      "train_loss": float(sums[0] / sums[2]), "train_accuracy": float(sums[1] / sums[2]),
+                                      "lr": optimizer.param_groups[0]["lr"]}
+            stop = False
+            if val_loader is not None:
+                accuracy, loss = validate(fabric, module, val_loader)
+                record.update(val_accuracy=accuracy, val_loss=loss)
+                if accuracy > state.best_accuracy or (accuracy == state.best_accuracy and loss < state.best_loss):
+                    state.best_accuracy, state.best_loss, state.best_at, state.bad_epochs = accuracy, loss, [index, epoch + 1], 0
+                    best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    state.bad_epochs += 1
+                stop = config.patience is not None and state.bad_epochs >= config.patience
+            record["seconds"] = round(time.time() - started, 2)
+            history.append(record)
+            run.log(**record)
+            state.epoch, state.global_epoch = (stage.epochs if stop else epoch + 1), state.global_epoch + 1
+            run.save_checkpoint(model, optimizer, best, {"loop": asdict(state)})
+            reporter.print("  " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
+                                            if k not in ("event", "stage", "stage_name")))
+            for callback in callbacks:
+                callback(record)
+            if stop:
+                reporter.print(f"  early stop: no validation gain for {config.patience} epochs")
+                run.log(event="early_stop", stage=index, epoch=epoch + 1)
+                break
+        state.stage, state.epoch, state.bad_epochs = index + 1, 0, 0
+        checkpoint = None
+    if best is not None:
+        model.load_state_dict(best)
+    return history
