@@ -28,7 +28,7 @@ class DataConfig:
     test_fraction: float = 0.2
     image_size: Optional[int] = None  # None: the backbone's own input size
     crop_pct: float = 1.0  # 1.0 keeps the whole (square-cropped) image; timm's ImageNet default is 0.875
-    interpolation: Optional[str] = None  # None: the backbone's own
+    interpolation: Optional[str] = "bilinear"  # None: the backbone's own (timm often says bicubic)
     batch_size: int = 64
     num_workers: int = 0
 
@@ -47,8 +47,8 @@ class ModelConfig:
 class LinearConfig:
     """Linear probe: multinomial logistic regression on frozen features (DESIGN.md route 1)."""
 
-    c_grid: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0])
-    max_iter: int = 1000
+    c_grid: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 1e-1])  # on standardised features
+    max_iter: int = 300
     cache: bool = True
 
 
@@ -80,9 +80,9 @@ class TrainConfig:
     warmup_epochs: float = 0.5
     step_epochs: int = 30
     step_gamma: float = 0.1
-    bn_mode: Literal["train", "frozen", "eval"] = "train"
+    bn_mode: Literal["train", "frozen", "eval"] = "frozen"
     label_smoothing: float = 0.1
-    patience: Optional[int] = 5  # early stopping on validation accuracy; None: never stop early
+    patience: Optional[int] = None  # early stopping after this many epochs without validation gain; the best epoch is always restored
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

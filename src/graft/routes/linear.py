@@ -1,6 +1,7 @@
 """Route ``linear``: frozen features + multinomial logistic regression (DESIGN.md route 1)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -10,19 +11,28 @@ from graft.routes import register_route
 from graft.routes.context import Context, RouteResult
 
 
-def probe_model(context: Context, model: nn.Module) -> tuple[ProbeResult, dict]:
-    """Fit the probe on cached features and copy it into ``model``'s head. The backbone is never modified."""
+def probe_model(context: Context, model: nn.Module, pool_validation: bool) -> tuple[ProbeResult, dict]:
+    """Fit the probe on cached features and copy it into ``model``'s head. The backbone is never modified.
+
+    ``pool_validation``: choose C by cross-validation over train and validation images together and
+    fit on all of them (the ``linear`` route); otherwise choose C on the validation split and keep it
+    unseen (LP-FT, whose fine-tuning stage selects its epoch on it).
+    """
     train_x = context.features(model, context.train)
+    labels = context.train.labels
     val_x = context.features(model, context.val) if context.val is not None and len(context.val) else None
-    probe = fit_probe(train_x, context.train.labels, val_x, None if val_x is None else context.val.labels,
-                      context.num_classes, context.recipe.linear, context.recipe.runtime.seed)
+    val_y = None if val_x is None else context.val.labels
+    if pool_validation and val_x is not None:
+        train_x, labels, val_x, val_y = np.concatenate([train_x, val_x]), np.concatenate([labels, val_y]), None, None
+    probe = fit_probe(train_x, labels, val_x, val_y, context.num_classes, context.recipe.linear, context.recipe.runtime.seed)
     with torch.no_grad():
         head = model.get_classifier()
         head.weight.copy_(torch.from_numpy(probe.weight))
         head.bias.copy_(torch.from_numpy(probe.bias))
-    info = {"probe_c": probe.c, "probe_selection": probe.selection, "probe_scores": {str(c): s for c, s in probe.scores.items()}}
+    info = {"probe_c": probe.c, "probe_selection": probe.selection, "probe_scores": {str(c): round(s, 4) for c, s in probe.scores.items()},
+            "probe_images": int(len(labels))}
     context.run.log(event="probe", **info)
-    context.reporter.print(f"linear probe: C={probe.c} chosen by {probe.selection} ({info['probe_scores']})")
+    context.reporter.print(f"linear probe on {len(labels)} images: C={probe.c} chosen by {probe.selection} ({info['probe_scores']})")
     return probe, info
 
 
@@ -30,7 +40,7 @@ def probe_model(context: Context, model: nn.Module) -> tuple[ProbeResult, dict]:
 def linear(context: Context) -> RouteResult:
     model = context.model()
     before = weights_hash(model)
-    probe, info = probe_model(context, model)
+    probe, info = probe_model(context, model, pool_validation=True)
     info["backbone_unchanged"] = weights_hash(model) == before
     test_logits = None
     if context.test is not None:

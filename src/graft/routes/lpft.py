@@ -18,7 +18,7 @@ def lpft(context: Context) -> RouteResult:
     model = context.model()
     info = {}
     if context.checkpoint is None:  # on resume the checkpoint already holds the probed head
-        _, info = probe_model(context, model)
+        _, info = probe_model(context, model, pool_validation=False)
     stages = [s for s in parse_stages(context.recipe.train.stages) if s.train != "new"]
     result = run_stages(context, model, stages)
     result.info.update(info)

@@ -86,17 +86,17 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
     Returns the per-epoch history (also appended to metrics.jsonl).
     """
     config = recipe.train
-    batch_size = min(recipe.data.batch_size, len(train))
+    # tiny sets still get several optimizer steps per epoch: at least 4, batches no smaller than 8
+    batch_size = min(recipe.data.batch_size, max(8, len(train) // 4), len(train))
     generator = torch.Generator()
     train_loader = DataLoader(TransformedImages(train, train_transform(pre, config.augment)), batch_size=batch_size,
                               shuffle=True, generator=generator, drop_last=len(train) > batch_size,
                               num_workers=recipe.data.num_workers)
-    loaders = [train_loader]
+    train_loader = fabric.setup_dataloaders(train_loader)
+    val_loader = None
     if val is not None and len(val):
-        loaders.append(DataLoader(TransformedImages(val, eval_transform(pre)), batch_size=recipe.data.batch_size * 2,
-                                  num_workers=recipe.data.num_workers))
-    loaders = fabric.setup_dataloaders(*loaders)
-    train_loader, val_loader = (loaders, None) if len(loaders) == 1 else loaders  # type: ignore[misc]
+        val_loader = fabric.setup_dataloaders(DataLoader(TransformedImages(val, eval_transform(pre)), batch_size=recipe.data.batch_size * 2,
+                                                         num_workers=recipe.data.num_workers))
     step = step or SupervisedStep(config.label_smoothing, batch_mixer(config.augment, len(train.classes)))
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -108,6 +108,13 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
         model.load_state_dict(checkpoint["model"])
         best = checkpoint["best"]
     history: list[dict[str, Any]] = []
+    if checkpoint is None and val_loader is not None:
+        # the starting model competes too: LP-FT never ends below its probe on validation
+        module = fabric.setup_module(model)
+        state.best_accuracy, state.best_loss = validate(fabric, module, val_loader)
+        state.best_at = [0, 0]
+        best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        run.log(event="initial", val_accuracy=state.best_accuracy, val_loss=state.best_loss)
 
     for index in range(state.stage, len(stages)):
         stage = stages[index]

@@ -1,0 +1,45 @@
+"""Shared helpers of the bench scripts: the ../shared assets, subsets, mean ± std tables, incremental JSON."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SHARED = Path(os.environ.get("GRAFT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+MOBILENET = SHARED / "weights" / "mobilenetv2_100.imagenet.timm.safetensors"
+
+
+def require_shared() -> None:
+    if not MOBILENET.exists():
+        raise SystemExit(f"{SHARED}: the shared datasets and weights are missing; set GRAFT_SHARED to the shared/ folder")
+
+
+def subset_npz(source: Path, per_class: int, seed: int, folder: Path) -> Path:
+    """Write ``per_class`` images of each class of ``source`` (seeded) to an .npz and return its path."""
+    from graft.data.split import per_class_subset
+
+    out = folder / f"{source.stem}_{per_class}pc_s{seed}.npz"
+    if not out.exists():
+        data = np.load(source)
+        idx = per_class_subset(data["labels"], per_class, seed)
+        np.savez(out, images=data["images"][idx], labels=data["labels"][idx], classes=data["classes"])
+    return out
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def save(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)

@@ -1,0 +1,178 @@
+"""The ``graft`` command: each sub-command wraps one public function of :mod:`graft.api`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+from graft.errors import GraftError
+
+# flag -> recipe key, for `graft fit`
+FIT_FLAGS: dict[str, tuple[str, Any, str]] = {
+    "--stages": ("train.stages", str, "staged unfreezing, e.g. new:1,top-2:2,all:8"),
+    "--lr": ("train.lr", float, "learning rate of the new layers"),
+    "--backbone-lr-ratio": ("train.backbone_lr_ratio", float, "backbone lr = lr x ratio (default 0.1)"),
+    "--optimizer": ("train.optimizer", str, "adamw or sgd"),
+    "--schedule": ("train.schedule", str, "cosine, step or constant"),
+    "--bn-mode": ("train.bn_mode", str, "BatchNorm in trained layers: train, frozen (running stats) or eval (stats and affine fixed)"),
+    "--patience": ("train.patience", int, "early stopping: epochs without validation gain"),
+    "--augment": ("train.augment.preset", str, "none, flip, light, medium, strong or digits"),
+    "--mixup": ("train.augment.mixup", float, "MixUp alpha (0: off)"),
+    "--cutmix": ("train.augment.cutmix", float, "CutMix alpha (0: off)"),
+    "--image-size": ("data.image_size", int, "input side in pixels (default: the backbone's)"),
+    "--batch-size": ("data.batch_size", int, "batch size"),
+    "--val-fraction": ("data.val_fraction", float, "validation share split off the training data when --val is not given"),
+    "--test-fraction": ("data.test_fraction", float, "test share split off when --test is not given"),
+    "--seed": ("runtime.seed", int, "seed of splits, initialisation and data order"),
+    "--devices": ("runtime.devices", str, "Lightning Fabric devices (e.g. 1, 2, auto)"),
+    "--accelerator": ("runtime.accelerator", str, "cpu, gpu, auto"),
+    "--strategy": ("runtime.strategy", str, "auto or ddp"),
+    "--precision": ("runtime.precision", str, "32-true, bf16-mixed, 16-mixed"),
+    "--threads": ("runtime.threads", int, "torch CPU threads"),
+}
+
+EXAMPLES = {
+    "fit": "example:\n  graft fit images/ --route lpft --backbone mobilenetv2_100 --weights mnv2.safetensors --image-size 96\n"
+           "  graft fit train.npz --test test.npz --route finetune --backbone tv:resnet18 --stages new:1,top-2:2,all:6\n"
+           "  graft fit --resume runs/lpft-mobilenetv2_100-20261123-101500",
+    "evaluate": "example:\n  graft evaluate runs/lpft-... test.npz --json",
+    "predict": "example:\n  graft predict runs/lpft-... cat.jpg dog.png --top-k 3 --format json",
+    "export": "example:\n  graft export runs/lpft-... --format onnx",
+    "demo": "example:\n  graft demo --out runs/demo",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="graft", description="Transfer learning for small image datasets, every route side by side.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help, epilog=EXAMPLES[name],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    fit = command("fit", "Train a classifier on DATA by one route and write a run directory.")
+    fit.add_argument("data", nargs="?", help="folder of class sub-folders, CSV (path,label) or .npz (images, labels[, classes])")
+    fit.add_argument("--route", help="linear, finetune, lpft or scratch (default: lpft)")
+    fit.add_argument("--backbone", help="timm name, tv:NAME (torchvision), a graft net, or run:PATH")
+    fit.add_argument("--weights", help=".safetensors/.pth state dict or a graft run directory")
+    fit.add_argument("--no-pretrained", action="store_true", help="random initial weights")
+    fit.add_argument("--val", help="validation DATA (default: split off the training data)")
+    fit.add_argument("--test", help="test DATA (default: split off the training data)")
+    fit.add_argument("--out", help="run directory (default: runs/ROUTE-BACKBONE-TIME)")
+    fit.add_argument("--recipe", help="a recipe YAML (e.g. a run's recipe.yaml) to start from")
+    fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any recipe key, e.g. --set train.weight_decay=0.01")
+    fit.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
+    fit.add_argument("--quiet", action="store_true", help="no progress output")
+    for flag, (key, kind, text) in FIT_FLAGS.items():
+        fit.add_argument(flag, type=kind, help=f"{text} [{key}]")
+
+    ev = command("evaluate", "Accuracy, per-class accuracy and a confusion matrix of RUN on labelled DATA.")
+    ev.add_argument("run")
+    ev.add_argument("data")
+    ev.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    ev.add_argument("--out", help="folder for confusion.png and evaluation.json (default RUN/evaluations/NAME)")
+
+    pr = command("predict", "Top-k classes of images with a trained RUN.")
+    pr.add_argument("run")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--top-k", type=int, default=5)
+    pr.add_argument("--format", choices=["csv", "json"], default="csv")
+
+    ex = command("export", "Export RUN to ONNX or TorchScript and check its outputs against PyTorch.")
+    ex.add_argument("run")
+    ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    ex.add_argument("--out", help="output file (default inside RUN)")
+    ex.add_argument("--atol", type=float, default=1e-4)
+
+    demo = command("demo", "The whole story on scikit-learn's digits: source task 0-4, transfer to 5-9 with 5 labels per class.")
+    demo.add_argument("--out", help="demo directory (default runs/demo-TIME)")
+    demo.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _fit(args: argparse.Namespace) -> None:
+    from graft.api import fit
+    from graft.recipe import Recipe
+
+    overrides = [f"{key}={json.dumps(getattr(args, flag[2:].replace('-', '_')))}"
+                 for flag, (key, _, _) in FIT_FLAGS.items() if getattr(args, flag[2:].replace("-", "_")) is not None]
+    if args.no_pretrained:
+        overrides.append("model.pretrained=false")
+    overrides += args.set
+    if args.resume:
+        run = fit(resume=args.resume, overrides=overrides, quiet=args.quiet)
+    else:
+        if not args.data:
+            raise GraftError("give DATA (or --resume RUN); see `graft fit --help`")
+        recipe = Recipe.from_yaml(args.recipe) if args.recipe else None
+        run = fit(args.data, route=args.route, backbone=args.backbone, weights=args.weights, val=args.val, test=args.test,
+                  out=args.out, recipe=recipe, overrides=overrides, quiet=args.quiet)
+    print(run.path)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from graft.api import evaluate
+
+    evaluation = evaluate(args.run, args.data, out=args.out)
+    if args.json:
+        print(json.dumps(evaluation.to_dict()))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{args.run} on {args.data}: accuracy {evaluation.accuracy:.4f} ({evaluation.count} images)")
+    table.add_column("class")
+    table.add_column("accuracy", justify="right")
+    for name, accuracy in evaluation.per_class.items():
+        table.add_row(name, f"{accuracy:.4f}")
+    Console().print(table)
+    print(f"confusion matrix: {evaluation.extra['confusion_png']}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from graft.api import predict
+
+    results = predict(args.run, args.images, top_k=args.top_k)
+    if args.format == "json":
+        print(json.dumps(results))
+        return
+    print("image,rank,class,probability")
+    for result in results:
+        for rank, top in enumerate(result["top"], start=1):
+            print(f"{result['image']},{rank},{top['class']},{top['probability']:.6f}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from graft.api import export
+
+    result = export(args.run, args.format, args.out, args.atol)
+    verdict = "match" if result["matches"] else "DO NOT match"
+    print(f"{result['path']}: outputs {verdict} PyTorch's (max abs difference {result['max_abs_difference']:.2e}, tolerance {result['atol']:.0e})")
+    if not result["matches"]:
+        raise SystemExit(1)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from graft.demo import demo
+
+    demo(out=args.out, quiet=args.quiet)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "fit": _fit, "evaluate": _evaluate, "predict": _predict, "export": _export, "demo": _demo}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except GraftError as error:
+        print(f"graft: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()
