@@ -10,6 +10,7 @@ speed ratio of a second ``linear`` run (cached features) to the first.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import tempfile
@@ -44,7 +45,11 @@ def main() -> None:
     parser.add_argument("--stages", default="new:1,all:9", help="stages for the small tasks (graft's default)")
     parser.add_argument("--stages-large", default="new:1,all:4", help="stages for cifar10-1000 and pneumonia (fewer epochs: CPU time)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "transfer_basics.json"))
+    parser.add_argument("--table", action="store_true", help="only print the table of the results saved in --out")
     args = parser.parse_args()
+    if args.table:
+        print_table(json.loads(Path(args.out).read_text()))
+        return
     require_shared()
     import graft
 
@@ -84,14 +89,15 @@ def main() -> None:
 
 def print_table(results: dict) -> None:
     rows = results["runs"]
-    print(f"\n| task | {' | '.join(ROUTES)} |\n|---|" + "---|" * len(ROUTES))
+    print(f"| task | {' | '.join(ROUTES)} | seeds |\n|---|" + "---|" * (len(ROUTES) + 1))
     for task in dict.fromkeys(r["task"] for r in rows):
         cells = []
         for route in ROUTES:
             picked = [r for r in rows if r["task"] == task and r["route"] == route]
             seconds = sum(r["seconds"] for r in picked) / max(len(picked), 1)
             cells.append(f"{mean_std([r['test_accuracy'] for r in picked])} ({seconds:.0f} s)" if picked else "-")
-        print(f"| {task} | {' | '.join(cells)} |")
+        seeds = sorted({r["seed"] for r in rows if r["task"] == task})
+        print(f"| {task} | {' | '.join(cells)} | {','.join(map(str, seeds))} |")
     if results.get("cache"):
         c = results["cache"]
         print(f"\nsecond linear run / first: {c['second_seconds']} s / {c['first_seconds']} s = {c['ratio']}")

@@ -194,7 +194,7 @@ def predict(run: str | Path | Run, images: Sequence[str | Path] | ImageSet, top_
 
 def export(run: str | Path | Run, format: str = "onnx", out: Optional[str | Path] = None, atol: float = 1e-4) -> dict[str, Any]:
     """Export to ONNX or TorchScript and check the exported outputs match PyTorch's within ``atol``."""
-    from graft.export import export_model
+    from graft.exporting import export_model
 
     run = run if isinstance(run, Run) else load_run(run)
     return export_model(run, format, Path(out) if out else None, atol)

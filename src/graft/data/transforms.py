@@ -120,7 +120,7 @@ def batch_mixer(augment: AugmentConfig, num_classes: int) -> Optional[Callable[.
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 array -> (3, H, W) uint8 tensor."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    return torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)
 
 
 class TransformedImages(torch.utils.data.Dataset):

@@ -1,0 +1,83 @@
+"""Every registered route on tiny separable data: above chance, and each keeps its promises."""
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import graft
+from graft.backbones import weights_hash
+from graft.routes import route_names
+
+from conftest import FAST
+
+
+@pytest.mark.parametrize("route", route_names())
+def test_every_route_learns_separable_data(route, toy_npz, source_run, tmp_path):
+    run = graft.fit(toy_npz, route=route, backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / route,
+                    quiet=True, overrides=[*FAST, "train.stages=new:1,all:3"])
+    assert run.metrics["test_accuracy"] > 0.6  # chance is 1/3
+    for name in ("recipe.yaml", "metrics.jsonl", "model.safetensors", "model.json", "env.json", "report.html"):
+        assert (run.path / name).exists(), name
+    assert not (run.path / "checkpoint").exists()
+    assert run.meta["route"] == route and run.classes == ["red", "green", "blue"]
+
+
+def test_linear_probe_leaves_backbone_bit_identical_and_caches(toy_npz, source_run, tmp_path):
+    before = load_file(str(source_run.path / "model.safetensors"))
+    first = graft.fit(toy_npz, route="linear", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "l1",
+                      quiet=True, overrides=FAST)
+    after = load_file(str(first.path / "model.safetensors"))
+    for key, tensor in before.items():
+        if not key.startswith("head."):
+            assert torch.equal(tensor, after[key]), key
+    assert first.meta["info"]["backbone_unchanged"] is True
+    second = graft.fit(toy_npz, route="linear", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "l2",
+                       quiet=True, overrides=FAST)
+    events = [line for line in (second.path / "metrics.jsonl").read_text().splitlines() if '"features"' in line]
+    assert events and all('"cached": true' in e for e in events)
+    assert second.metrics["test_accuracy"] == first.metrics["test_accuracy"]
+
+
+def test_new_stage_trains_only_the_head(toy_npz, source_run, tmp_path):
+    run = graft.fit(toy_npz, route="finetune", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "ft",
+                    quiet=True, overrides=[*FAST, "train.stages=new:2", "train.bn_mode=train"])
+    before = load_file(str(source_run.path / "model.safetensors"))
+    after = load_file(str(run.path / "model.safetensors"))
+    for key in before:
+        if not key.startswith("head."):
+            assert torch.equal(before[key], after[key]), f"{key} changed in a head-only stage"
+
+
+def test_top1_stage_changes_top_group_only_and_frozen_bn_keeps_stats(toy_npz, source_run, tmp_path):
+    run = graft.fit(toy_npz, route="finetune", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "t1",
+                    quiet=True, overrides=[*FAST, "train.stages=top-1:2", "train.bn_mode=frozen", "train.lr=0.01"])
+    before = load_file(str(source_run.path / "model.safetensors"))
+    after = load_file(str(run.path / "model.safetensors"))
+    top = "blocks.1."
+    assert not torch.equal(before[top + "0.weight"], after[top + "0.weight"])
+    for key in before:
+        if key.startswith(("stem.", "blocks.0.")):
+            assert torch.equal(before[key], after[key]), key
+        if "running_" in key:
+            assert torch.equal(before[key], after[key]), f"{key}: statistics moved with bn_mode=frozen"
+
+
+def test_learning_rates_are_recorded_with_the_ratio(toy_npz, source_run, tmp_path):
+    run = graft.fit(toy_npz, route="finetune", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "lr",
+                    quiet=True, overrides=[*FAST, "train.stages=all:1", "train.lr=0.02", "train.backbone_lr_ratio=0.1"])
+    recipe = (run.path / "recipe.yaml").read_text()
+    assert "lr: 0.02" in recipe and "backbone_lr_ratio: 0.1" in recipe
+
+
+def test_mixup_cutmix_and_strong_augmentation_train(toy_npz, source_run, tmp_path):
+    run = graft.fit(toy_npz, route="finetune", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "mix",
+                    quiet=True, overrides=[*FAST, "train.stages=all:2", "train.augment.preset=strong", "train.augment.mixup=0.2",
+                                           "train.augment.cutmix=1.0", "data.image_size=24"])
+    assert np.isfinite(run.metrics["test_accuracy"])
+
+
+def test_early_stopping_restores_best_epoch(toy_npz, source_run, tmp_path):
+    run = graft.fit(toy_npz, route="finetune", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "es",
+                    quiet=True, overrides=[*FAST, "train.stages=all:30", "train.patience=2", "train.lr=0.05"])
+    epochs = [line for line in (run.path / "metrics.jsonl").read_text().splitlines() if '"event": "epoch"' in line]
+    assert len(epochs) < 30 and "early_stop" in (run.path / "metrics.jsonl").read_text()
