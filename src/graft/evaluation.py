@@ -10,7 +10,8 @@ from torch import nn
 
 from graft.console import Reporter
 from graft.data.sources import ImageSet
-from graft.data.transforms import Preprocessing, TransformedImages, eval_transform
+from graft.data.transforms import Preprocessing
+from graft.features import map_batches
 
 
 @dataclass
@@ -30,22 +31,10 @@ class Evaluation:
                 "confusion": self.confusion.tolist(), "classes": self.classes, **self.extra}
 
 
-@torch.inference_mode()
 def predict_logits(model: nn.Module, images: ImageSet, pre: Preprocessing, batch_size: int = 128,
                    reporter: Optional[Reporter] = None, channels_last: bool = True) -> np.ndarray:
     """(N, C) logits of ``images`` (model in eval mode; its mode is restored)."""
-    was_training = model.training
-    model.eval()
-    loader = torch.utils.data.DataLoader(TransformedImages(images, eval_transform(pre)), batch_size=batch_size)
-    device = next(model.parameters()).device
-    outputs = []
-    for batch, _ in (reporter or Reporter(quiet=True)).track(loader, len(loader), f"predict {len(images)} images"):
-        batch = batch.to(device)
-        if channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        outputs.append(model(batch).float().cpu())
-    model.train(was_training)
-    return torch.cat(outputs).numpy()
+    return map_batches(model, images, pre, model, batch_size, reporter, channels_last, what="predict")
 
 
 def evaluate_logits(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> Evaluation:

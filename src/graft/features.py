@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -33,22 +33,27 @@ def pooled_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def extract_features(model: nn.Module, images: ImageSet, pre: Preprocessing, batch_size: int = 128,
-                     reporter: Optional[Reporter] = None, channels_last: bool = True) -> np.ndarray:
-    """(N, D) float32 features of ``images`` with the model in eval mode (its mode is restored)."""
+def map_batches(model: nn.Module, images: ImageSet, pre: Preprocessing, function: Callable[[torch.Tensor], torch.Tensor],
+                batch_size: int = 128, reporter: Optional[Reporter] = None, channels_last: bool = True, what: str = "features") -> np.ndarray:
+    """Concatenated ``function(batch)`` over eval-preprocessed ``images``, model in eval mode (its mode is restored)."""
     was_training = model.training
     model.eval()
     loader = torch.utils.data.DataLoader(TransformedImages(images, eval_transform(pre)), batch_size=batch_size)
-    reporter = reporter or Reporter(quiet=True)
-    outputs = []
     device = next(model.parameters()).device
-    for batch, _ in reporter.track(loader, len(loader), f"features {len(images)} images"):
+    outputs = []
+    for batch, _ in (reporter or Reporter(quiet=True)).track(loader, len(loader), f"{what} {len(images)} images"):
         batch = batch.to(device)
         if channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        outputs.append(pooled_features(model, batch).float().cpu())
+        outputs.append(function(batch).float().cpu())
     model.train(was_training)
-    return torch.cat(outputs).numpy() if outputs else np.zeros((0, getattr(model, "num_features", 0)), np.float32)
+    return torch.cat(outputs).numpy()
+
+
+def extract_features(model: nn.Module, images: ImageSet, pre: Preprocessing, batch_size: int = 128,
+                     reporter: Optional[Reporter] = None, channels_last: bool = True) -> np.ndarray:
+    """(N, D) float32 pre-logit features of ``images``."""
+    return map_batches(model, images, pre, lambda batch: pooled_features(model, batch), batch_size, reporter, channels_last)
 
 
 def cached_features(model: nn.Module, images: ImageSet, pre: Preprocessing, batch_size: int = 128,
