@@ -54,13 +54,18 @@ def main() -> None:
     import graft
 
     out = Path(args.out)
-    results = {"config": vars(args), "runs": [], "cache": {}}
+    # a later invocation adds to the saved results instead of replacing them; finished runs are skipped
+    results = json.loads(out.read_text()) if out.exists() else {"runs": [], "cache": {}}
+    results["config"] = vars(args)
+    done = {(r["task"], r["route"], r["seed"]) for r in results["runs"]}
     work = Path(tempfile.mkdtemp(prefix="graft-bench-"))
     os.environ.setdefault("GRAFT_CACHE", str(work / "cache"))
     for task in args.tasks:
         for seed in args.seeds:
             files = task_data(task, seed, work)
             for route in args.routes:
+                if (task, route, seed) in done:
+                    continue
                 started = time.time()
                 run = graft.fit(files["data"], route=route, backbone="mobilenetv2_100", weights=str(MOBILENET), val=files.get("val"),
                                 test=files["test"], out=work / f"{task}-{route}-s{seed}", quiet=True,

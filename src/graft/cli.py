@@ -95,8 +95,8 @@ def _fit(args: argparse.Namespace) -> None:
     from graft.api import fit
     from graft.recipe import Recipe
 
-    overrides = [f"{key}={json.dumps(getattr(args, flag[2:].replace('-', '_')))}"
-                 for flag, (key, _, _) in FIT_FLAGS.items() if getattr(args, flag[2:].replace("-", "_")) is not None]
+    given = {key: getattr(args, flag[2:].replace("-", "_")) for flag, (key, _, _) in FIT_FLAGS.items()}
+    overrides = [f"{key}={json.dumps(value)}" for key, value in given.items() if value is not None]
     if args.no_pretrained:
         overrides.append("model.pretrained=false")
     overrides += args.set

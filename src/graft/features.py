@@ -53,6 +53,8 @@ def map_batches(model: nn.Module, images: ImageSet, pre: Preprocessing, function
 def extract_features(model: nn.Module, images: ImageSet, pre: Preprocessing, batch_size: int = 128,
                      reporter: Optional[Reporter] = None, channels_last: bool = True) -> np.ndarray:
     """(N, D) float32 pre-logit features of ``images``."""
+    if len(images) == 0:
+        return np.zeros((0, getattr(model, "num_features", 0)), np.float32)
     return map_batches(model, images, pre, lambda batch: pooled_features(model, batch), batch_size, reporter, channels_last)
 
 
