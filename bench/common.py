@@ -12,6 +12,11 @@ import numpy as np
 SHARED = Path(os.environ.get("GRAFT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 MOBILENET = SHARED / "weights" / "mobilenetv2_100.imagenet.timm.safetensors"
 
+if os.environ.get("GRAFT_THREADS"):  # e.g. GRAFT_THREADS=1 to run two benches side by side on two cores
+    import torch
+
+    torch.set_num_threads(int(os.environ["GRAFT_THREADS"]))
+
 
 def require_shared() -> None:
     if not MOBILENET.exists():
