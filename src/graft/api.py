@@ -13,9 +13,10 @@ import torch
 
 from graft.console import Reporter
 from graft.data.sources import ImageSet, load_images, require_classes
-from graft.data.split import stratified_split
+from graft.data.split import random_split, stratified_split
 from graft.errors import GraftError
 from graft.evaluation import Evaluation, evaluate_logits, evaluate_model, predict_logits
+from graft.multilabel import MultiLabelEvaluation, evaluate_scores
 from graft.recipe import Recipe
 from graft.report import plot_confusion, plot_curves, save_figure, table, write_html
 from graft.routes import Context, get_route
@@ -42,11 +43,11 @@ def make_splits(recipe: Recipe, reporter: Reporter) -> tuple[ImageSet, Optional[
     rest = np.arange(len(train))
     test = load_images(data.test, classes=train.classes) if data.test else None
     if test is None and data.test_fraction > 0:
-        rest, held = stratified_split(train.labels, data.test_fraction, recipe.runtime.seed, train.classes)
+        rest, held = _split(train, rest, data.test_fraction, recipe.runtime.seed)
         test = train.subset(held)
     val = load_images(data.val, classes=train.classes) if data.val else None
     if val is None and data.val_fraction > 0:
-        keep, held = stratified_split(train.labels[rest], data.val_fraction, recipe.runtime.seed + 1, train.classes)
+        keep, held = _split(train, rest, data.val_fraction, recipe.runtime.seed + 1)
         val, rest = train.subset(rest[held]), rest[keep]
     skipped = list(train.skipped) + (test.skipped if test is not None and test.skipped is not train.skipped else [])
     train = train.subset(rest)
@@ -54,6 +55,13 @@ def make_splits(recipe: Recipe, reporter: Reporter) -> tuple[ImageSet, Optional[
     reporter.print(f"{len(train.classes)} classes; train {len(train)}, val {0 if val is None else len(val)}, "
                    f"test {0 if test is None else len(test)} images" + (f"; skipped {len(skipped)} unreadable files" if skipped else ""))
     return train, val, test
+
+
+def _split(images: ImageSet, indices: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified for single-label sets; seeded random for multi-label sets (no one class per image)."""
+    if images.multilabel:
+        return random_split(len(indices), fraction, seed)
+    return stratified_split(images.labels[indices], fraction, seed, images.classes)
 
 
 def resolve_recipe(recipe: Optional[Recipe], overrides: Sequence[str], **fields: Any) -> Recipe:
@@ -117,14 +125,18 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
     evaluation = None
     if test is not None and len(test):
         logits = result.test_logits if result.test_logits is not None else predict_logits(model, test, pre, recipe.data.batch_size * 2, reporter)
-        evaluation = evaluate_logits(logits, test.labels, test.classes)
-        metrics.update(test_accuracy=evaluation.accuracy, test_count=evaluation.count)
+        if test.multilabel:
+            evaluation = evaluate_scores(logits, test.targets, test.classes)
+            metrics.update(test_mAP=evaluation.mean_ap, test_count=evaluation.count)
+        else:
+            evaluation = evaluate_logits(logits, test.labels, test.classes)
+            metrics.update(test_accuracy=evaluation.accuracy, test_count=evaluation.count)
     if result.history and "val_accuracy" in result.history[0]:
         metrics["val_accuracy"] = max(h["val_accuracy"] for h in result.history)
     metrics["seconds"] = round(time.time() - started, 2)
     meta = {"backbone": base_backbone, "route": recipe.route, "classes": train.classes, "preprocessing": pre.to_dict(),
             "metrics": metrics, "info": result.info, "skipped_files": [{"file": f, "reason": r} for f, r in train.skipped],
-            "recipe": recipe.to_dict()}
+            "recipe": recipe.to_dict(), "multilabel": train.multilabel}
     run.save_model(model, meta)
     if evaluation is not None and run.writer:
         run.write_json("test_evaluation.json", evaluation.to_dict())
@@ -142,11 +154,13 @@ def _as_path(value: Any) -> Any:
     return str(value)
 
 
-def write_run_report(folder: Path, meta: dict[str, Any], evaluation: Optional[Evaluation], history: list[dict[str, Any]]) -> Path:
+def write_run_report(folder: Path, meta: dict[str, Any], evaluation: Optional[Evaluation | MultiLabelEvaluation], history: list[dict[str, Any]]) -> Path:
     """report.html with the summary, per-class accuracy, confusion matrix and learning curves."""
     images = []
     sections = [("Summary", table([{"route": meta["route"], "backbone": meta["backbone"], **meta["metrics"]}]))]
-    if evaluation is not None:
+    if isinstance(evaluation, MultiLabelEvaluation):
+        sections.append((f"Per-class test AP (mAP {evaluation.mean_ap:.4f})", table([{"class": c, "AP": a} for c, a in evaluation.per_class_ap.items()])))
+    elif evaluation is not None:
         images.append(save_figure(plot_confusion(evaluation.confusion, evaluation.classes), folder / "confusion.png"))
         sections.append(("Per-class test accuracy", table([{"class": c, "accuracy": a} for c, a in evaluation.per_class.items()])))
     if history:
@@ -156,21 +170,37 @@ def write_run_report(folder: Path, meta: dict[str, Any], evaluation: Optional[Ev
     return write_html(folder / "report.html", f"graft run: {meta['route']} on {meta['backbone']}", sections, images)
 
 
-def evaluate(run: str | Path | Run, data: Any, batch_size: int = 128, quiet: bool = True, out: Optional[str | Path] = None) -> Evaluation:
-    """Accuracy, per-class accuracy and confusion matrix of a finished run on labelled ``data``.
+def evaluate(run: str | Path | Run, data: Any, batch_size: int = 128, quiet: bool = True,
+             out: Optional[str | Path] = None) -> Evaluation | MultiLabelEvaluation:
+    """Accuracy, per-class accuracy and confusion matrix of a finished run on labelled ``data``;
+    per-class AP and mAP (:class:`MultiLabelEvaluation`) when ``data`` has several labels per image.
 
-    Writes ``confusion.png`` and ``evaluation.json`` to ``out`` (default: RUN/evaluations/<data name>).
+    Writes ``confusion.png`` (single-label) and ``evaluation.json`` to ``out`` (default: RUN/evaluations/<data name>).
     """
     run = run if isinstance(run, Run) else load_run(run)
     images = load_images(data, classes=run.classes)
+    folder = Path(out) if out else run.path / "evaluations" / Path(str(data)).stem
+    if images.multilabel:
+        evaluation = evaluate_scores(run_scores(run, images, batch_size, Reporter(quiet=quiet)), images.targets, images.classes)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "evaluation.json").write_text(json.dumps(evaluation.to_dict(), indent=2))
+        return evaluation
     if (images.labels < 0).any():
         raise GraftError(f"{images.origin}: {int((images.labels < 0).sum())} images have no label; evaluation needs labels")
     evaluation = evaluate_model(run.model, images, run.preprocessing, batch_size, Reporter(quiet=quiet))
-    folder = Path(out) if out else run.path / "evaluations" / Path(str(data)).stem
     folder.mkdir(parents=True, exist_ok=True)
     evaluation.extra["confusion_png"] = str(save_figure(plot_confusion(evaluation.confusion, evaluation.classes), folder / "confusion.png"))
     (folder / "evaluation.json").write_text(json.dumps(evaluation.to_dict(), indent=2))
     return evaluation
+
+
+def run_scores(run: Run, images: ImageSet, batch_size: int = 128, reporter: Optional[Reporter] = None) -> np.ndarray:
+    """(N, C) class scores of a run: logits, or for the patches route its aggregated window scores."""
+    if run.meta["route"] == "patches":
+        from graft.routes.patches import run_patch_scores
+
+        return run_patch_scores(run, images, reporter)
+    return predict_logits(run.model, images, run.preprocessing, batch_size, reporter)
 
 
 def predict(run: str | Path | Run, images: Sequence[str | Path] | ImageSet, top_k: int = 5) -> list[dict[str, Any]]:
@@ -182,7 +212,10 @@ def predict(run: str | Path | Run, images: Sequence[str | Path] | ImageSet, top_
             if not path.is_file():
                 raise GraftError(f"{path}: image not found; give existing image files")
         images = ImageSet(run.classes, np.full(len(paths), -1, np.int64), paths=paths, origin="predict")
-    probabilities = torch.softmax(torch.from_numpy(predict_logits(run.model, images, run.preprocessing)), 1).numpy()
+    scores = torch.from_numpy(run_scores(run, images))
+    # multi-label runs score each class on its own (sigmoid; patches: aggregated window probabilities)
+    probabilities = (scores if run.meta["route"] == "patches" else torch.sigmoid(scores) if run.meta.get("multilabel")
+                     else torch.softmax(scores, 1)).numpy()
     k = min(top_k, len(run.classes))
     names = [str(p) for p in images.paths] if images.paths else [f"{images.origin}[{i}]" for i in range(len(images))]
     results = []

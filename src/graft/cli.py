@@ -40,6 +40,9 @@ EXAMPLES = {
     "predict": "example:\n  graft predict runs/lpft-... cat.jpg dog.png --top-k 3 --format json",
     "export": "example:\n  graft export runs/lpft-... --format onnx",
     "demo": "example:\n  graft demo --out runs/demo",
+    "scenes": "example:\n  graft scenes ../shared/datasets/cifar10_test.npz scenes/test --count 200 --size 128 --object-size 0.15 0.3 \\\n"
+              "      --objects-per-scene 2 4 --background ../shared/datasets/imagenet_sample128.npz --seed 1\n"
+              "  graft fit scenes/train --test scenes/test --route patches --backbone mobilenetv2_100 --weights mnv2.safetensors",
 }
 
 
@@ -53,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 
     fit = command("fit", "Train a classifier on DATA by one route and write a run directory.")
     fit.add_argument("data", nargs="?", help="folder of class sub-folders, CSV (path,label) or .npz (images, labels[, classes])")
-    fit.add_argument("--route", help="linear, finetune, lpft or scratch (default: lpft)")
+    fit.add_argument("--route", help="linear, finetune, lpft, scratch, adapt or patches (default: lpft)")
     fit.add_argument("--backbone", help="timm name, tv:NAME (torchvision), a graft net, or run:PATH")
     fit.add_argument("--weights", help=".safetensors/.pth state dict or a graft run directory")
     fit.add_argument("--no-pretrained", action="store_true", help="random initial weights")
@@ -88,7 +91,26 @@ def _parser() -> argparse.ArgumentParser:
     demo = command("demo", "The whole story on scikit-learn's digits: source task 0-4, transfer to 5-9 with 5 labels per class.")
     demo.add_argument("--out", help="demo directory (default runs/demo-TIME)")
     demo.add_argument("--quiet", action="store_true")
+    sc = command("scenes", "Build a multi-object benchmark (VOC XML + COCO JSON) by pasting objects of a single-label DATA onto backgrounds.")
+    sc.add_argument("objects", help="single-label DATA whose images are the objects (folder, CSV or .npz)")
+    sc.add_argument("out", help="output folder (JPEGImages/, Annotations/, classes.txt, annotations.json)")
+    sc.add_argument("--count", type=int, default=200, help="number of scenes")
+    sc.add_argument("--size", type=int, default=128, help="scene side in pixels")
+    sc.add_argument("--object-size", type=float, nargs=2, default=[0.5, 0.9], metavar=("MIN", "MAX"),
+                    help="object side as a fraction of the scene side (default 0.5 0.9)")
+    sc.add_argument("--objects-per-scene", type=int, nargs=2, default=[1, 3], metavar=("MIN", "MAX"))
+    sc.add_argument("--background", default="texture", help="'texture' (generated) or DATA of photographs to crop")
+    sc.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def _scenes(args: argparse.Namespace) -> None:
+    from graft.scenes import SceneSpec, build_scenes
+
+    spec = SceneSpec(count=args.count, size=args.size, object_size=tuple(args.object_size), objects_per_scene=tuple(args.objects_per_scene),
+                     background=args.background, seed=args.seed)
+    summary = build_scenes(args.objects, args.out, spec)
+    print(f"{args.out}: {summary['scenes']} scenes with {summary['objects']} objects of {len(summary['classes'])} classes")
 
 
 def _fit(args: argparse.Namespace) -> None:
@@ -121,12 +143,17 @@ def _evaluate(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{args.run} on {args.data}: accuracy {evaluation.accuracy:.4f} ({evaluation.count} images)")
+    multilabel = hasattr(evaluation, "per_class_ap")  # several labels per image: per-class AP and mAP
+    metric, overall, per_class = ("AP", f"mAP {evaluation.mean_ap:.4f}", evaluation.per_class_ap) if multilabel else \
+        ("accuracy", f"accuracy {evaluation.accuracy:.4f}", evaluation.per_class)
+    table = Table(title=f"{args.run} on {args.data}: {overall} ({evaluation.count} images)")
     table.add_column("class")
-    table.add_column("accuracy", justify="right")
-    for name, accuracy in evaluation.per_class.items():
-        table.add_row(name, f"{accuracy:.4f}")
+    table.add_column(metric, justify="right")
+    for name, value in per_class.items():
+        table.add_row(name, f"{value:.4f}")
     Console().print(table)
+    if multilabel:
+        return
     print(f"confusion matrix: {evaluation.extra['confusion_png']}")
 
 
@@ -160,7 +187,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
-    "fit": _fit, "evaluate": _evaluate, "predict": _predict, "export": _export, "demo": _demo}
+    "fit": _fit, "evaluate": _evaluate, "predict": _predict, "export": _export, "demo": _demo, "scenes": _scenes}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

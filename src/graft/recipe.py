@@ -87,6 +87,37 @@ class TrainConfig:
 
 
 @dataclass
+class AdaptConfig:
+    """Adaptation layers FCa (ReLU, dropout) and FCb on a frozen representation (Oquab et al. 2014; DESIGN.md route 4).
+
+    Optimizer, lr, weight decay, schedule and label smoothing come from ``train``.
+    """
+
+    hidden: int = 2048  # FCa units, as in the paper
+    dropout: float = 0.5  # after FCa's ReLU, as in the paper
+    epochs: int = 30  # over cached features an epoch takes milliseconds
+    batch_size: int = 128
+    augment: bool = False  # True: train through images with train.augment (slow); False: on cached features
+
+
+@dataclass
+class PatchesConfig:
+    """Multi-scale windows with a background class (Oquab et al. 2014 sec. 3.3; DESIGN.md route 5)."""
+
+    scales: int = 8  # window sides min(w,h)/lambda, lambda spaced geometrically from 1 to max_lambda
+    max_lambda: float = 4.0
+    overlap: float = 0.5  # neighbouring windows of one scale overlap at least this much
+    max_windows: int = 500  # per image; the finest scales are thinned evenly when the grid gives more
+    window_share: float = 0.2  # object o labels a window when o's box covers >= 20% of the window ...
+    box_share: float = 0.6  # ... and the window holds >= 60% of o's box
+    background_share: float = 0.1  # effective share of background windows in training
+    reweight: Literal["loss", "sampling", "none"] = "loss"  # how background is brought to background_share
+    k: float = 5.0  # test-time score(C) = mean_i p(C|P_i)^k
+    finetune: bool = False  # False: frozen representation, cached window features; True: the train.stages loop on windows
+    epochs: int = 20  # head epochs on cached window features
+
+
+@dataclass
 class RuntimeConfig:
     """Where and how it runs (Lightning Fabric settings, seed, output)."""
 
@@ -109,6 +140,8 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     linear: LinearConfig = field(default_factory=LinearConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    patches: PatchesConfig = field(default_factory=PatchesConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict[str, Any]:

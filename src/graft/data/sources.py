@@ -20,7 +20,8 @@ from graft.errors import GraftError
 log = logging.getLogger("graft")
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-DATA_FORMS = "a folder with one sub-folder per class, a CSV of path,label, or an .npz with images/labels"
+DATA_FORMS = ("a folder with one sub-folder per class, a CSV of path,label, an .npz with images/labels, "
+              "or (several labels per image) a Pascal VOC folder with Annotations/ or a COCO .json")
 
 
 @dataclass
@@ -33,6 +34,15 @@ class ImageSet:
     paths: Optional[list[Path]] = None
     origin: str = ""
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    # multi-label sets (Pascal VOC XML, COCO JSON): (N, C) 0/1 targets and per image an (M, 5) array of
+    # boxes [class, x0, y0, x1, y1] in pixels; ``labels`` then holds each image's largest object (-1: none)
+    targets: Optional[np.ndarray] = None
+    boxes: Optional[list[np.ndarray]] = None
+    clipped_boxes: int = 0  # boxes that reached outside their image and were clipped to it
+
+    @property
+    def multilabel(self) -> bool:
+        return self.targets is not None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -53,6 +63,9 @@ class ImageSet:
             paths=None if self.paths is None else [self.paths[i] for i in indices],
             origin=self.origin,
             skipped=self.skipped,
+            targets=None if self.targets is None else self.targets[indices],
+            boxes=None if self.boxes is None else [self.boxes[i] for i in indices],
+            clipped_boxes=self.clipped_boxes,
         )
 
     def fingerprint(self) -> str:
@@ -68,6 +81,8 @@ class ImageSet:
         return digest.hexdigest()[:16]
 
     def class_counts(self) -> dict[str, int]:
+        if self.targets is not None:  # images showing each class
+            return {name: int(n) for name, n in zip(self.classes, (self.targets > 0).sum(0))}
         counts = np.bincount(self.labels[self.labels >= 0], minlength=len(self.classes))
         return {name: int(n) for name, n in zip(self.classes, counts)}
 
@@ -198,7 +213,15 @@ def load_images(source: str | Path | ImageSet, classes: Optional[list[str]] = No
         path = Path(source)
         if not path.exists():
             raise GraftError(f"{path}: DATA does not exist; give {DATA_FORMS}")
-        if path.is_dir():
+        if path.is_dir() and (path / "Annotations").is_dir():
+            from graft.data.annotations import read_voc
+
+            images = read_voc(path, classes)
+        elif path.suffix.lower() == ".json":
+            from graft.data.annotations import read_coco
+
+            images = read_coco(path, classes)
+        elif path.is_dir():
             files, names = _read_folder(path)
             images = _files_to_set(files, names, str(path))
         elif path.suffix.lower() == ".csv":
@@ -212,6 +235,10 @@ def load_images(source: str | Path | ImageSet, classes: Optional[list[str]] = No
             raise GraftError(f"{path}: no readable images (skipped {len(images.skipped)}); give {DATA_FORMS}")
     if not labelled:
         return ImageSet(images.classes, np.full(len(images), -1, np.int64), images.arrays, images.paths, images.origin, images.skipped)
+    if classes is not None and images.classes != classes and images.multilabel:
+        from graft.data.annotations import reindex_multilabel
+
+        return reindex_multilabel(images, classes)
     if classes is not None and images.classes != classes:
         images = _reindex(images, classes)
     return images

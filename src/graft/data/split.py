@@ -32,3 +32,12 @@ def per_class_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarra
     rng = np.random.default_rng(seed)
     chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels[labels >= 0])]
     return np.sort(np.concatenate(chosen))
+
+
+def random_split(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``count`` indices into (kept, held), about ``fraction`` held: for multi-label sets, which have no one class to stratify by."""
+    if fraction <= 0:
+        return np.arange(count), np.arange(0)
+    order = np.random.default_rng(seed).permutation(count)
+    held = min(max(1, int(round(fraction * count))), count - 1)
+    return np.sort(order[held:]), np.sort(order[:held])

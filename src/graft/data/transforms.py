@@ -133,5 +133,8 @@ class TransformedImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(to_tensor(self.images.image(index))), int(self.images.labels[index])
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
+        """(image, label), or (image, (C,) 0/1 float targets) for multi-label sets."""
+        targets = getattr(self.images, "targets", None)
+        label = torch.from_numpy(targets[index]) if targets is not None else int(self.images.labels[index])
+        return self.transform(to_tensor(self.images.image(index))), label

@@ -13,7 +13,7 @@ from graft.routes.context import Context, RouteResult
 RouteFn = Callable[[Context], RouteResult]
 ROUTES: dict[str, RouteFn] = {}
 USES_PRETRAINED: dict[str, bool] = {}  # False: the route starts from random weights (scratch)
-_MODULES = ("linear", "finetune", "lpft", "scratch")
+_MODULES = ("linear", "finetune", "lpft", "scratch", "adapt")
 
 
 def register_route(name: str, pretrained: bool = True) -> Callable[[RouteFn], RouteFn]:

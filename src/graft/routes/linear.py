@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from graft.backbones import weights_hash
+from graft.errors import GraftError
 from graft.probe import ProbeResult, fit_probe
 from graft.routes import register_route
 from graft.routes.context import Context, RouteResult
@@ -18,6 +19,9 @@ def probe_model(context: Context, model: nn.Module, pool_validation: bool) -> tu
     fit on all of them (the ``linear`` route); otherwise choose C on the validation split and keep it
     unseen (LP-FT, whose fine-tuning stage selects its epoch on it).
     """
+    if context.train.multilabel:
+        raise GraftError(f"{context.train.origin}: route '{context.recipe.route}' fits a single-label probe, but this data has several "
+                         "labels per image; use --route adapt, finetune or patches")
     train_x = context.features(model, context.train)
     labels = context.train.labels
     val_x = context.features(model, context.val) if context.val is not None and len(context.val) else None

@@ -23,7 +23,7 @@ from graft.data.transforms import Preprocessing, TransformedImages, batch_mixer,
 from graft.recipe import Recipe, TrainConfig
 from graft.runs import RunDirectory
 from graft.train.groups import Stage, apply_stage, optimizer_groups, trainable_names
-from graft.train.steps import SupervisedStep
+from graft.train.steps import MultiLabelStep, SupervisedStep, batch_loss, hits
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -70,8 +70,7 @@ def validate(fabric: Fabric, model: nn.Module, loader: DataLoader) -> tuple[floa
     totals = torch.zeros(3)
     for images, labels in loader:
         logits = model(images)
-        totals += torch.tensor([(logits.argmax(1) == labels).sum().item(),
-                                nn.functional.cross_entropy(logits.float(), labels, reduction="sum").item(), len(labels)])
+        totals += torch.tensor([hits(logits, labels).sum().item(), batch_loss(logits, labels, "sum").item(), len(labels)])
     totals = fabric.all_reduce(totals, reduce_op="sum") if fabric.world_size > 1 else totals
     return float(totals[0] / totals[2]), float(totals[1] / totals[2])
 
@@ -97,7 +96,7 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
     if val is not None and len(val):
         val_loader = fabric.setup_dataloaders(DataLoader(TransformedImages(val, eval_transform(pre)), batch_size=recipe.data.batch_size * 2,
                                                          num_workers=recipe.data.num_workers))
-    step = step or SupervisedStep(config.label_smoothing, batch_mixer(config.augment, len(train.classes)))
+    step = step or (MultiLabelStep() if train.multilabel else SupervisedStep(config.label_smoothing, batch_mixer(config.augment, len(train.classes))))
     if channels_last:
         model.to(memory_format=torch.channels_last)
 
@@ -147,7 +146,7 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
                 fabric.backward(out["loss"])
                 optimizer.step()
                 sums += torch.tensor([out["loss"].item() * len(out["labels"]),
-                                      (out["logits"].argmax(1) == out["labels"]).sum().item(), len(out["labels"])])
+                                      hits(out["logits"], out["labels"]).sum().item(), len(out["labels"])])
             record: dict[str, Any] = {"event": "epoch", "stage": index, "stage_name": stage.train, "epoch": epoch + 1,
                                       "train_loss": float(sums[0] / sums[2]), "train_accuracy": float(sums[1] / sums[2]),
                                       "lr": optimizer.param_groups[0]["lr"]}

@@ -25,3 +25,30 @@ class SupervisedStep:
             images, targets = self.mixer(images, labels)  # targets become (B, C) soft labels
         logits = model(images)
         return {"loss": self.criterion(logits, targets), "logits": logits, "labels": labels}
+
+
+class MultiLabelStep:
+    """Binary cross-entropy per class on (B, C) 0/1 targets: several labels per image (Oquab et al. 2014, VOC)."""
+
+    def __init__(self) -> None:
+        self.criterion = nn.BCEWithLogitsLoss()
+
+    def __call__(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], train: bool = True) -> dict[str, torch.Tensor]:
+        images, targets = batch
+        logits = model(images)
+        return {"loss": self.criterion(logits, targets.float()), "logits": logits, "labels": targets}
+
+
+def hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Correct top-1 predictions: argmax == label, or (multi-label (B, C) targets) the top class is a positive."""
+    if labels.ndim == 2:
+        return labels.gather(1, logits.argmax(1, keepdim=True)).squeeze(1) > 0.5
+    return logits.argmax(1) == labels
+
+
+def batch_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy for integer labels; for (B, C) targets binary cross-entropy per class, averaged over classes."""
+    if labels.ndim == 2:
+        per_image = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none").mean(1)
+        return per_image.sum() if reduction == "sum" else per_image.mean()
+    return nn.functional.cross_entropy(logits.float(), labels, reduction=reduction)

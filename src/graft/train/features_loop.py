@@ -1,0 +1,101 @@
+"""Training a head on cached (frozen) features: the feature-space counterpart of :func:`graft.train.loop.train_stages`.
+
+With a frozen representation every epoch sees the same features, so they are extracted once
+(:mod:`graft.features`) and only the head trains: seconds instead of minutes (Oquab et al. 2014
+train their adaptation layers on a fixed representation). It uses the loop's optimizer, learning-rate
+schedule and per-epoch seeding; batches are rows of a tensor instead of decoded images.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from graft.console import Reporter
+from graft.recipe import TrainConfig
+from graft.train.loop import _seed, lr_factor, make_optimizer
+from graft.train.steps import hits
+
+
+def fit_head(head: nn.Module, features: np.ndarray, targets: np.ndarray, config: TrainConfig, epochs: int, batch_size: int,
+             seed: int, *, loss_weights: Optional[np.ndarray] = None, draw_weights: Optional[np.ndarray] = None,
+             score: Optional[Callable[[nn.Module], float]] = None, score_name: str = "val_accuracy", reporter: Optional[Reporter] = None,
+             log: Optional[Callable[..., None]] = None) -> list[dict[str, Any]]:
+    """Train ``head`` in place on (N, D) ``features``; restore the epoch with the best ``score`` (higher is better).
+
+    ``targets``: (N,) class indices (cross-entropy with the recipe's label smoothing) or (N, C) 0/1
+    (binary cross-entropy). ``loss_weights`` (N,) re-weight each row's loss (normalised to mean 1 per
+    batch); ``draw_weights`` (N,) make each epoch draw N rows with replacement in proportion to them
+    (re-weighting by sampling). ``score(head)`` is called in eval mode after every epoch and recorded as ``score_name``.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(features, np.float32))
+    y = torch.from_numpy(targets)
+    weights = None if loss_weights is None else torch.from_numpy(np.asarray(loss_weights, np.float32))
+    draw = None if draw_weights is None else torch.from_numpy(np.asarray(draw_weights, np.float64))
+    groups = [{"params": [p for p in head.parameters() if p.ndim > 1], "weight_decay": config.weight_decay},
+              {"params": [p for p in head.parameters() if p.ndim <= 1], "weight_decay": 0.0}]
+    for group in groups:
+        group["lr"] = group["base_lr"] = config.lr
+    optimizer = make_optimizer(config, groups)
+    steps = max(1, -(-len(x) // batch_size))
+    history: list[dict[str, Any]] = []
+    best_score, best_state = -float("inf"), None
+    for epoch in range(epochs):
+        started = time.time()
+        generator = torch.Generator().manual_seed(_seed(seed, 0, epoch))
+        order = torch.multinomial(draw, len(x), replacement=True, generator=generator) if draw is not None \
+            else torch.randperm(len(x), generator=generator)
+        torch.manual_seed(_seed(seed + 1, 0, epoch))  # dropout masks
+        head.train()
+        sums = torch.zeros(3)
+        for i in range(steps):
+            rows = order[i * batch_size:(i + 1) * batch_size]
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * lr_factor(config, (epoch * steps + i) / (epochs * steps), epoch, epochs)
+            logits = head(x[rows])
+            if y.ndim == 2:
+                per_row = nn.functional.binary_cross_entropy_with_logits(logits, y[rows].float(), reduction="none").mean(1)
+            else:
+                per_row = nn.functional.cross_entropy(logits, y[rows], reduction="none", label_smoothing=config.label_smoothing)
+            if weights is not None:
+                w = weights[rows]
+                per_row = per_row * (w / w.mean().clamp_min(1e-12))
+            loss = per_row.mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums += torch.tensor([loss.item() * len(rows), hits(logits.detach(), y[rows]).sum().item(), len(rows)])
+        record: dict[str, Any] = {"event": "epoch", "stage_name": "head", "epoch": epoch + 1, "train_loss": float(sums[0] / sums[2]),
+                                  "train_accuracy": float(sums[1] / sums[2])}
+        if score is not None:
+            head.eval()
+            with torch.no_grad():
+                record[score_name] = float(score(head))
+            if record[score_name] > best_score:
+                best_score, best_state = record[score_name], {k: v.detach().clone() for k, v in head.state_dict().items()}
+        record["seconds"] = round(time.time() - started, 3)
+        history.append(record)
+        if log is not None:
+            log(**record)
+    if reporter is not None and history:
+        last = history[-1]
+        reporter.print(f"head: {epochs} epochs on {len(x)} cached feature rows, last train loss {last['train_loss']:.4f}"
+                       + (f", best {score_name} {best_score:.4f}" if score is not None else ""))
+    if best_state is not None:
+        head.load_state_dict(best_state)
+    head.eval()
+    return history
+
+
+def head_logits(head: nn.Module, features: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """(N, D) features -> (N, C) logits, head in eval mode."""
+    head.eval()
+    with torch.no_grad():
+        chunks = [head(torch.from_numpy(np.ascontiguousarray(features[i:i + batch_size], np.float32)))
+                  for i in range(0, len(features), batch_size)]
+    return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
+
+
