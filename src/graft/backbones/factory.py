@@ -126,7 +126,8 @@ def _build(name: str, num_classes: int, pretrained: bool) -> nn.Module:
         if pretrained:
             load_torchvision_hub_weights(model, name[3:])
         return model
-    import graft.backbones.small  # noqa: F401 - registers graft's nets with timm
+    import graft.backbones.alexnet  # noqa: F401 - registers graft's nets with timm
+    import graft.backbones.small  # noqa: F401
 
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models() + ["tv:" + n for n in _tv_names()], n=3)
