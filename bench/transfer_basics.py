@@ -95,7 +95,7 @@ def main() -> None:
 def print_table(results: dict) -> None:
     rows = results["runs"]
     print(f"| task | {' | '.join(ROUTES)} | seeds |\n|---|" + "---|" * (len(ROUTES) + 1))
-    for task in dict.fromkeys(r["task"] for r in rows):
+    for task in [t for t in TASKS if any(r["task"] == t for r in rows)]:
         cells = []
         for route in ROUTES:
             picked = [r for r in rows if r["task"] == task and r["route"] == route]
