@@ -6,15 +6,17 @@ from safetensors.torch import load_file
 
 import graft
 from graft.backbones import weights_hash
-from graft.routes import route_names
+from graft.routes import USES_UNLABELED, route_names
 
 from conftest import FAST
 
 
 @pytest.mark.parametrize("route", route_names())
 def test_every_route_learns_separable_data(route, toy_npz, source_run, tmp_path):
+    # routes that learn from unlabelled images and a teacher get the toy images (labels unread) and the source run
+    extra = [f"data.unlabeled={toy_npz}", f"distill.teacher={source_run.path}"] if USES_UNLABELED.get(route) else []
     run = graft.fit(toy_npz, route=route, backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / route,
-                    quiet=True, overrides=[*FAST, "train.stages=new:1,all:3"])
+                    quiet=True, overrides=[*FAST, "train.stages=new:1,all:3", *extra])
     assert run.metrics["test_accuracy"] > 0.6  # chance is 1/3
     for name in ("recipe.yaml", "metrics.jsonl", "model.safetensors", "model.json", "env.json", "report.html"):
         assert (run.path / name).exists(), name

@@ -102,6 +102,7 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
     from graft.backbones.factory import resolve_backbone
 
     base_backbone, _ = resolve_backbone(recipe.model.backbone, recipe.model.weights)
+    unlabeled = _unlabeled(recipe, train.classes, reporter)
     writer = fabric.global_rank == 0
     if resume is not None:
         run, _ = RunDirectory.reopen(resume, writer)
@@ -112,7 +113,7 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
         context_probe = Context(recipe, fabric, train, val, test, RunDirectory(final, False), reporter)
         context_probe.model()  # weights that do not fit fail here, before the run directory exists
         run, checkpoint = RunDirectory.create(final, recipe, writer), None
-    context = Context(recipe, fabric, train, val, test, run, reporter, callbacks, checkpoint)
+    context = Context(recipe, fabric, train, val, test, run, reporter, callbacks, checkpoint, unlabeled)
     reporter.print(f"route [bold]{recipe.route}[/] on {recipe.model.backbone} -> {run.path}")
     try:
         result = route_fn(context)
@@ -146,6 +147,21 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
     path = run.finish()
     reporter.print(f"[green]done[/] {recipe.route}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
     return load_run(path) if writer else Run(path, model, meta)
+
+
+def _unlabeled(recipe: Recipe, classes: list[str], reporter: Reporter) -> Optional[ImageSet]:
+    """The ``--unlabeled`` images (labels never read), refused for routes that would ignore them."""
+    if not recipe.data.unlabeled:
+        return None
+    from graft.data.unlabeled import load_unlabeled
+    from graft.routes import USES_UNLABELED
+
+    if not USES_UNLABELED.get(recipe.route):
+        users = [name for name, uses in USES_UNLABELED.items() if uses]
+        raise GraftError(f"route {recipe.route} does not use --unlabeled {recipe.data.unlabeled}; use route {' or '.join(users)}, or drop it")
+    images = load_unlabeled(recipe.data.unlabeled, classes)
+    reporter.print(f"unlabelled: {len(images)} images from {images.origin}" + (f"; skipped {len(images.skipped)} unreadable files" if images.skipped else ""))
+    return images
 
 
 def _as_path(value: Any) -> Any:

@@ -30,12 +30,22 @@ FIT_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--strategy": ("runtime.strategy", str, "auto or ddp"),
     "--precision": ("runtime.precision", str, "32-true, bf16-mixed, 16-mixed"),
     "--threads": ("runtime.threads", int, "torch CPU threads"),
+    "--unlabeled": ("data.unlabeled", str, "unlabelled images (folder or .npz; labels in it are never read) for routes pseudo and distill"),
+    "--teacher": ("distill.teacher", str, "teacher run directory (routes distill, pseudo)"),
+    "--temperature": ("distill.temperature", float, "distillation temperature T (default 4)"),
+    "--kd-alpha": ("distill.alpha", float, "weight of the distillation term (default 0.9)"),
+    "--threshold": ("pseudo.threshold", float, "least probability of a pseudo-label (default 0.7)"),
+    "--top-k": ("pseudo.top_k", int, "at most this many pseudo-labels per class"),
+    "--rounds": ("pseudo.rounds", int, "pseudo-labelling rounds (re-label with the improved model)"),
 }
 
 EXAMPLES = {
     "fit": "example:\n  graft fit images/ --route lpft --backbone mobilenetv2_100 --weights mnv2.safetensors --image-size 96\n"
            "  graft fit train.npz --test test.npz --route finetune --backbone tv:resnet18 --stages new:1,top-2:2,all:6\n"
-           "  graft fit --resume runs/lpft-mobilenetv2_100-20261123-101500",
+           "  graft fit --resume runs/lpft-mobilenetv2_100-20261123-101500\n"
+           "  graft fit train.npz --unlabeled pool.npz --route pseudo --teacher runs/teacher --audit\n"
+           "  graft fit train.npz --unlabeled pool/ --route distill --teacher runs/teacher --backbone graft_convnet_m "
+           "--no-pretrained --image-size 32 --augment none --with-pseudo",
     "evaluate": "example:\n  graft evaluate runs/lpft-... test.npz --json",
     "predict": "example:\n  graft predict runs/lpft-... cat.jpg dog.png --top-k 3 --format json",
     "export": "example:\n  graft export runs/lpft-... --format onnx",
@@ -56,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
     fit = command("fit", "Train a classifier on DATA by one route and write a run directory.")
     fit.add_argument("data", nargs="?", help="folder of class sub-folders, CSV (path,label) or .npz (images, labels[, classes])")
-    fit.add_argument("--route", help="linear, finetune, lpft, scratch, adapt or patches (default: lpft)")
+    fit.add_argument("--route", help="linear, finetune, lpft, scratch, adapt, patches, pseudo or distill (default: lpft)")
     fit.add_argument("--backbone", help="timm name, tv:NAME (torchvision), a graft net, or run:PATH")
     fit.add_argument("--weights", help=".safetensors/.pth state dict or a graft run directory")
     fit.add_argument("--no-pretrained", action="store_true", help="random initial weights")
@@ -67,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any recipe key, e.g. --set train.weight_decay=0.01")
     fit.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
     fit.add_argument("--quiet", action="store_true", help="no progress output")
+    fit.add_argument("--audit", action="store_true", help="pseudo-label precision against the hidden labels of an --unlabeled .npz")
+    fit.add_argument("--with-pseudo", action="store_true", help="route distill: also train on the teacher's confident pseudo-labels")
     for flag, (key, kind, text) in FIT_FLAGS.items():
         fit.add_argument(flag, type=kind, help=f"{text} [{key}]")
 
@@ -121,6 +133,7 @@ def _fit(args: argparse.Namespace) -> None:
     overrides = [f"{key}={json.dumps(value)}" for key, value in given.items() if value is not None]
     if args.no_pretrained:
         overrides.append("model.pretrained=false")
+    overrides += ["pseudo.audit=true"] * args.audit + ["distill.with_pseudo=true"] * args.with_pseudo
     overrides += args.set
     if args.resume:
         run = fit(resume=args.resume, overrides=overrides, quiet=args.quiet)

@@ -31,6 +31,7 @@ class DataConfig:
     interpolation: Optional[str] = "bilinear"  # None: the backbone's own (timm often says bicubic)
     batch_size: int = 64
     num_workers: int = 0
+    unlabeled: Optional[str] = None  # folder of images or .npz; labels in it are never read (routes pseudo, distill)
 
 
 @dataclass
@@ -118,6 +119,31 @@ class PatchesConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation (Hinton et al. 2015; DESIGN.md route 9)."""
+
+    teacher: Optional[str] = None  # a graft run directory (or run:PATH), or a timm model whose head has the target classes
+    temperature: float = 4.0  # T of softmax(z/T)
+    alpha: float = 0.9  # weight of the T²-scaled KL term; 1 - alpha goes to cross-entropy on the labels
+    cache: bool = True  # teacher logits computed once (only when augmentation is off; else per batch)
+    with_pseudo: bool = False  # also train on the teacher's confident pseudo-labels of the unlabelled images (section pseudo)
+
+
+@dataclass
+class PseudoConfig:
+    """Pseudo-labelling (Lee 2013; DESIGN.md route 10)."""
+
+    threshold: Optional[float] = 0.7  # a pseudo-label needs at least this probability (None: Lee's every image); label smoothing caps confidence near 0.9
+    top_k: Optional[int] = None  # at most this many per class, the most confident first
+    balance: bool = True  # every class keeps as many as the class with the fewest confident images
+    alpha_f: float = 3.0  # final weight of the pseudo-label loss (Lee: 3)
+    ramp_start: float = 0.1  # T1 as a fraction of training: weight 0 before
+    ramp_end: float = 0.6  # T2 as a fraction of training: weight alpha_f from here on
+    rounds: int = 1  # re-label with the improved model and train again this many times
+    audit: bool = False  # measure pseudo-label precision against the .npz's hidden labels (read only then)
+
+
+@dataclass
 class RuntimeConfig:
     """Where and how it runs (Lightning Fabric settings, seed, output)."""
 
@@ -142,6 +168,8 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     patches: PatchesConfig = field(default_factory=PatchesConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -126,15 +126,17 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 class TransformedImages(torch.utils.data.Dataset):
     """An ImageSet seen through a transform: items are (float tensor (3, S, S), label)."""
 
-    def __init__(self, images: Any, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    def __init__(self, images: Any, transform: Callable[[torch.Tensor], torch.Tensor], indexed: bool = False) -> None:
         self.images = images
         self.transform = transform
+        self.indexed = indexed  # items become (image, label, index): for per-image tables such as cached teacher logits
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
-        """(image, label), or (image, (C,) 0/1 float targets) for multi-label sets."""
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        """(image, label), or (image, (C,) 0/1 float targets) for multi-label sets; ``index`` last when indexed."""
         targets = getattr(self.images, "targets", None)
         label = torch.from_numpy(targets[index]) if targets is not None else int(self.images.labels[index])
-        return self.transform(to_tensor(self.images.image(index))), label
+        image = self.transform(to_tensor(self.images.image(index)))
+        return (image, label, index) if self.indexed else (image, label)

@@ -13,15 +13,18 @@ from graft.routes.context import Context, RouteResult
 RouteFn = Callable[[Context], RouteResult]
 ROUTES: dict[str, RouteFn] = {}
 USES_PRETRAINED: dict[str, bool] = {}  # False: the route starts from random weights (scratch)
-_MODULES = ("linear", "finetune", "lpft", "scratch", "adapt")
+USES_UNLABELED: dict[str, bool] = {}  # True: the route learns from --unlabeled images (pseudo, distill)
+_MODULES = ("linear", "finetune", "lpft", "scratch", "adapt", "pseudo", "distill")
 
 
-def register_route(name: str, pretrained: bool = True) -> Callable[[RouteFn], RouteFn]:
-    """Register ``function`` as route ``name``; ``pretrained=False`` for routes that start from random weights."""
+def register_route(name: str, pretrained: bool = True, unlabeled: bool = False) -> Callable[[RouteFn], RouteFn]:
+    """Register ``function`` as route ``name``; ``pretrained=False`` for routes that start from random weights,
+    ``unlabeled=True`` for routes that use ``--unlabeled`` images."""
 
     def decorate(function: RouteFn) -> RouteFn:
         ROUTES[name] = function
         USES_PRETRAINED[name] = pretrained
+        USES_UNLABELED[name] = unlabeled
         return function
 
     return decorate
@@ -39,4 +42,4 @@ def get_route(name: str) -> RouteFn:
     return ROUTES[name]
 
 
-__all__ = ["Context", "RouteResult", "ROUTES", "USES_PRETRAINED", "get_route", "register_route", "route_names"]
+__all__ = ["Context", "RouteResult", "ROUTES", "USES_PRETRAINED", "USES_UNLABELED", "get_route", "register_route", "route_names"]

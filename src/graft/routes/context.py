@@ -39,6 +39,7 @@ class Context:
     reporter: Reporter
     callbacks: Sequence[Callable[[dict[str, Any]], None]] = ()
     checkpoint: Optional[dict[str, Any]] = None
+    unlabeled: Optional[ImageSet] = None  # --unlabeled images, every label -1 (routes registered with unlabeled=True)
 
     @property
     def num_classes(self) -> int:

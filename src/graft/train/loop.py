@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from lightning_fabric import Fabric
@@ -75,23 +75,52 @@ def validate(fabric: Fabric, model: nn.Module, loader: DataLoader) -> tuple[floa
     return float(totals[0] / totals[2]), float(totals[1] / totals[2])
 
 
+def _paired(first: DataLoader, second: Optional[DataLoader], steps: int) -> Iterator[tuple[Any, Any]]:
+    """``steps`` pairs (batch of ``first``, batch of ``second`` or None); a loader that runs out starts again."""
+    def cycle(loader: DataLoader) -> Iterator[Any]:
+        while True:
+            yield from loader
+
+    firsts = cycle(first)
+    seconds = cycle(second) if second is not None else None
+    for _ in range(steps):
+        yield next(firsts), (next(seconds) if seconds is not None else None)
+
+
+def _channels_last(batch: Sequence[Any]) -> tuple[Any, ...]:
+    return (batch[0].contiguous(memory_format=torch.channels_last), *batch[1:])
+
+
 def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], train: ImageSet, val: Optional[ImageSet],
                  pre: Preprocessing, recipe: Recipe, run: RunDirectory, reporter: Reporter,
                  step: Optional[Callable[..., dict[str, torch.Tensor]]] = None, callbacks: Sequence[Callback] = (),
-                 checkpoint: Optional[dict[str, Any]] = None, channels_last: bool = True) -> list[dict[str, Any]]:
+                 checkpoint: Optional[dict[str, Any]] = None, channels_last: bool = True,
+                 unlabeled: Optional[ImageSet] = None) -> list[dict[str, Any]]:
     """Train ``model`` in place through ``stages``; restore the best validation weights at the end.
 
     ``checkpoint`` (from :meth:`RunDirectory.load_checkpoint`) continues an interrupted run.
+    ``unlabeled``: a second set drawn alongside (pseudo-labels, distillation); the step is then called as
+    ``step(module, batch, unlabeled=batch)``, an epoch is one pass over the longer of the two sets, the
+    shorter one cycles. A step with an ``indexed`` attribute gets (images, labels, indices) batches, and
+    one with a ``progress`` attribute gets the fraction of training done set before each batch.
     Returns the per-epoch history (also appended to metrics.jsonl).
     """
     config = recipe.train
     # tiny sets still get several optimizer steps per epoch: at least 4, batches no smaller than 8
     batch_size = min(recipe.data.batch_size, max(8, len(train) // 4), len(train))
     generator = torch.Generator()
-    train_loader = DataLoader(TransformedImages(train, train_transform(pre, config.augment)), batch_size=batch_size,
+    indexed = bool(getattr(step, "indexed", False))
+    transform = train_transform(pre, config.augment)
+    train_loader = DataLoader(TransformedImages(train, transform, indexed), batch_size=batch_size,
                               shuffle=True, generator=generator, drop_last=len(train) > batch_size,
                               num_workers=recipe.data.num_workers)
     train_loader = fabric.setup_dataloaders(train_loader)
+    unlabeled_loader, unlabeled_generator = None, torch.Generator()
+    if unlabeled is not None and len(unlabeled):
+        unlabeled_batch = min(recipe.data.batch_size, len(unlabeled))
+        unlabeled_loader = fabric.setup_dataloaders(DataLoader(
+            TransformedImages(unlabeled, transform, indexed), batch_size=unlabeled_batch, shuffle=True, generator=unlabeled_generator,
+            drop_last=len(unlabeled) > unlabeled_batch, num_workers=recipe.data.num_workers))
     val_loader = None
     if val is not None and len(val):
         val_loader = fabric.setup_dataloaders(DataLoader(TransformedImages(val, eval_transform(pre)), batch_size=recipe.data.batch_size * 2,
@@ -124,24 +153,32 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
             optimizer.load_state_dict(checkpoint["optimizer"])
         module = fabric.setup_module(model)
         optimizer = fabric.setup_optimizers(optimizer)
-        steps = len(train_loader)
+        steps = max(len(train_loader), len(unlabeled_loader) if unlabeled_loader is not None else 0)
+        epochs_before = sum(s.epochs for s in stages[:index])
+        total_epochs = sum(s.epochs for s in stages)
         reporter.print(f"stage {index + 1}/{len(stages)} [bold]{stage.train}[/]: {stage.epochs} epochs, "
                        f"{sum(p.numel() for n, p in model.named_parameters() if n in trainable):,} trainable parameters")
         for epoch in range(state.epoch, stage.epochs):
             started = time.time()
             torch.manual_seed(_seed(recipe.runtime.seed, index, epoch))
             generator.manual_seed(_seed(recipe.runtime.seed + 1, index, epoch))
-            if isinstance(getattr(train_loader, "sampler", None), DistributedSampler):
-                train_loader.sampler.set_epoch(state.global_epoch)
+            unlabeled_generator.manual_seed(_seed(recipe.runtime.seed + 2, index, epoch))
+            for loader in (train_loader, unlabeled_loader):
+                if isinstance(getattr(loader, "sampler", None), DistributedSampler):
+                    loader.sampler.set_epoch(state.global_epoch)
             apply_stage(model, trainable, config.bn_mode)
             sums = torch.zeros(3)
-            for i, batch in enumerate(reporter.track(train_loader, steps, f"{stage.train} epoch {epoch + 1}/{stage.epochs}")):
+            batches = _paired(train_loader, unlabeled_loader, steps)
+            for i, (batch, extra) in enumerate(reporter.track(batches, steps, f"{stage.train} epoch {epoch + 1}/{stage.epochs}")):
                 factor = lr_factor(config, (epoch * steps + i) / (stage.epochs * steps), epoch, stage.epochs)
                 for group in optimizer.param_groups:
                     group["lr"] = group["base_lr"] * factor
+                if hasattr(step, "progress"):
+                    step.progress = (epochs_before + epoch + i / steps) / total_epochs
                 if channels_last:
-                    batch = (batch[0].contiguous(memory_format=torch.channels_last), *batch[1:])
-                out = step(module, batch)
+                    batch = _channels_last(batch)
+                    extra = None if extra is None else _channels_last(extra)
+                out = step(module, batch) if extra is None else step(module, batch, unlabeled=extra)
                 optimizer.zero_grad(set_to_none=True)
                 fabric.backward(out["loss"])
                 optimizer.step()

@@ -1,0 +1,114 @@
+"""Learning from unlabelled images and from a teacher: the losses, the pseudo-label choice and its weight.
+
+- Knowledge distillation, Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network" §2:
+  soft targets softmax(z_t/T); the soft-target gradients scale as 1/T², "so it is important to multiply
+  them by T²" so that their share stays the same when T changes.
+- Pseudo-labels, Lee 2013, "Pseudo-Label: The Simple and Efficient Semi-Supervised Learning Method for
+  Deep Neural Networks", eq. (15)-(16): L = L_labelled + α(t)·L_pseudo with α(t) ramped linearly from 0
+  (t < T1) to α_f (t ≥ T2).
+
+:class:`SemiStep` is the one step object of both routes (and of their composition): the training loop
+hands it a labelled batch and an unlabelled batch.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: Optional[torch.Tensor], alpha: float = 0.9,
+            temperature: float = 4.0) -> torch.Tensor:
+    """α·T²·KL(softmax(teacher/T) ‖ softmax(student/T)) + (1−α)·CE(student, labels), averaged over the batch.
+
+    student, teacher: (B, C) logits; labels: (B,) class indices, or None for unlabelled images (then only
+    the α·T²·KL term). At α=0 this is plain cross-entropy.
+    """
+    log_student = F.log_softmax(student.float() / temperature, dim=1)
+    log_teacher = F.log_softmax(teacher.float() / temperature, dim=1)
+    soft = F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean") * temperature**2
+    if labels is None:
+        return alpha * soft
+    return alpha * soft + (1 - alpha) * F.cross_entropy(student.float(), labels)
+
+
+def pseudo_weight(progress: float, alpha_f: float = 3.0, start: float = 0.1, end: float = 0.6) -> float:
+    """Lee 2013 eq. (16): α(t) = 0 for t < T1, α_f·(t−T1)/(T2−T1) for T1 ≤ t < T2, α_f from T2 on.
+
+    ``progress`` t, ``start`` T1 and ``end`` T2 are fractions of the whole training (0..1), so the
+    schedule scales with the number of epochs.
+    """
+    if progress < start:
+        return 0.0
+    if progress >= end:
+        return alpha_f
+    return alpha_f * (progress - start) / (end - start)
+
+
+def select_pseudo_labels(probabilities: np.ndarray, threshold: Optional[float] = None, top_k: Optional[int] = None,
+                         balance: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Which unlabelled images join training, and with which class. A pure function.
+
+    probabilities: (N, C) class probabilities. An image is a candidate for its most probable class if that
+    probability is at least ``threshold`` (None: every image). ``top_k``: each class keeps at most its k most
+    confident candidates. ``balance``: every class keeps as many as the class with the fewest candidates
+    (classes with none are left out, and reported as 0), so no class floods training.
+    Returns (indices (M,) sorted, labels (M,)).
+    """
+    labels = probabilities.argmax(1)
+    confidence = probabilities.max(1)
+    candidates = np.ones(len(labels), bool) if threshold is None else confidence >= threshold
+    per_class = []
+    for c in range(probabilities.shape[1]):
+        members = np.flatnonzero(candidates & (labels == c))
+        per_class.append(members[np.argsort(-confidence[members], kind="stable")])
+    limit = top_k if top_k is not None else len(labels)
+    if balance:
+        present = [len(m) for m in per_class if len(m)]
+        limit = min([limit, *present]) if present else 0
+    chosen = np.sort(np.concatenate([m[:limit] for m in per_class]).astype(np.int64))
+    return chosen, labels[chosen].astype(np.int64)
+
+
+class SemiStep:
+    """Loss on a labelled batch plus, when given, an unlabelled batch; returns {"loss", "logits", "labels"}.
+
+    Labelled images: CE, or with a teacher the full KD loss. Unlabelled images: with a teacher the α·T²·KL
+    term (they have no label for the CE term); with pseudo-labels (``labels >= 0``) also α(t)·CE on them.
+    ``teacher(images, indices, labelled)`` returns (B, C) teacher logits (cached or computed).
+    The loop sets ``progress`` (fraction of training done) before each batch, for α(t).
+    """
+
+    indexed = True  # batches carry each image's index (the cached teacher logits are looked up by it)
+
+    def __init__(self, teacher: Optional[Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]] = None,
+                 alpha: float = 0.9, temperature: float = 4.0, weight: Optional[Callable[[float], float]] = None,
+                 label_smoothing: float = 0.0) -> None:
+        self.teacher, self.alpha, self.temperature, self.weight = teacher, alpha, temperature, weight
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.progress = 0.0
+
+    def __call__(self, model: nn.Module, batch: tuple[torch.Tensor, ...], unlabeled: Optional[tuple[torch.Tensor, ...]] = None,
+                 train: bool = True) -> dict[str, torch.Tensor]:
+        images, labels, indices = batch
+        if unlabeled is None:
+            logits, unlabeled_logits = model(images), None
+        else:  # one forward pass over both batches
+            both = model(torch.cat([images, unlabeled[0]]))
+            logits, unlabeled_logits = both[: len(images)], both[len(images):]
+        if self.teacher is None:
+            loss = self.criterion(logits, labels)
+        else:
+            loss = kd_loss(logits, self.teacher(images, indices, True), labels, self.alpha, self.temperature)
+        if unlabeled_logits is not None:
+            unlabeled_images, pseudo, unlabeled_indices = unlabeled
+            if self.teacher is not None:
+                loss = loss + kd_loss(unlabeled_logits, self.teacher(unlabeled_images, unlabeled_indices, False), None,
+                                      self.alpha, self.temperature)
+            chosen = pseudo >= 0
+            if self.weight is not None and bool(chosen.any()):
+                loss = loss + self.weight(self.progress) * F.cross_entropy(unlabeled_logits[chosen].float(), pseudo[chosen])
+        return {"loss": loss, "logits": logits, "labels": labels}
