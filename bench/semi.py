@@ -1,0 +1,149 @@
+"""Unlabelled images and a teacher on CIFAR-10: labels only vs pseudo-labels vs a distilled small student.
+
+CIFAR-10 with 10 and 100 labels per class; a pool of other training images is given as ``--unlabeled``
+(its labels are read only for ``--audit``, the pseudo-label precision); the full 10,000-image test split.
+Rows: (a) the ImageNet MobileNetV2, ``lpft`` on the labels only; (b) the same + route ``pseudo`` with (a)
+as labeller; (c) a small student (graft_convnet_m, random init, 32 px) on the labels only (``scratch``)
+vs ``distill`` from (b) on labels + pool. Mean ± std over seeds, seconds per run, the student's
+speed-up over the teacher (inference images/s, each at its own input size, one thread).
+
+    python bench/semi.py                                          # CPU scale, see the README for the reductions
+    python bench/semi.py --tasks cifar10-100 --seeds 0 1 --pool 2000
+    python bench/semi.py --table
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import MOBILENET, SHARED, mean_std, require_shared, save, subset_npz
+
+ROWS = ["teacher", "pseudo", "student", "distill"]
+LABELS = {"teacher": "(a) MobileNetV2 lpft, labels only", "pseudo": "(b) (a) + pseudo-labels",
+          "student": "(c) small student, labels only", "distill": "(c) small student distilled from (b)"}
+TASKS = ["cifar10-100", "cifar10-10"]
+
+
+def pool_npz(per_class: int, seed: int, size: int, folder: Path) -> Path:
+    """``size`` training images outside the labelled subset (seeded), with their labels kept for --audit only."""
+    from graft.data.split import per_class_subset
+
+    out = folder / f"pool_{per_class}pc_s{seed}_{size}.npz"
+    if not out.exists():
+        data = np.load(SHARED / "datasets" / "cifar10_train.npz")
+        labelled = set(per_class_subset(data["labels"], per_class, seed).tolist())
+        rest = np.array([i for i in range(len(data["labels"])) if i not in labelled])
+        chosen = np.sort(np.random.default_rng(1000 + seed).choice(rest, size, replace=False))
+        np.savez(out, images=data["images"][chosen], labels=data["labels"][chosen], classes=data["classes"])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--rows", nargs="+", default=ROWS, choices=ROWS)
+    parser.add_argument("--pool", type=int, default=2000, help="unlabelled images (CPU scale; the full rest is 49,000+)")
+    parser.add_argument("--teacher-size", type=int, default=64, help="MobileNetV2 input side (CPU scale; transfer_basics uses 96)")
+    parser.add_argument("--teacher-stages", default="new:1,all:6")
+    parser.add_argument("--student", default="graft_convnet_m")
+    parser.add_argument("--student-size", type=int, default=32)
+    parser.add_argument("--student-stages", default="all:15")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "semi.json"))
+    parser.add_argument("--table", action="store_true", help="only print the table of the results saved in --out")
+    parser.add_argument("--clean", action="store_true", help="delete the run directories at the end")
+    args = parser.parse_args()
+    if args.table:
+        print_table(json.loads(Path(args.out).read_text()))
+        return
+    require_shared()
+    import graft
+
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {"runs": []}
+    results["config"] = vars(args)
+    done = {(r["task"], r["row"], r["seed"]) for r in results["runs"]}
+    work = Path(tempfile.gettempdir()) / "graft-semi"  # kept between invocations: rows (b), (c) need the runs of (a), (b)
+    work.mkdir(exist_ok=True)
+    os.environ.setdefault("GRAFT_CACHE", str(work / "cache"))
+    test = str(SHARED / "datasets" / "cifar10_test.npz")
+    for task in args.tasks:
+        per_class = int(task.split("-")[1])
+        for seed in args.seeds:
+            train = str(subset_npz(SHARED / "datasets" / "cifar10_train.npz", per_class, seed, work))
+            pool = str(pool_npz(per_class, seed, args.pool, work))
+            common = ["data.test_fraction=0", f"runtime.seed={seed}", "pseudo.audit=true"]
+            teacher_set = [f"data.image_size={args.teacher_size}", f"train.stages={args.teacher_stages}"]
+            student_set = [f"data.image_size={args.student_size}", f"train.stages={args.student_stages}", "model.pretrained=false",
+                           "train.augment.preset=none"]  # augmentation off: the teacher's logits are cached once
+            plans = {
+                "teacher": dict(route="lpft", backbone="mobilenetv2_100", weights=str(MOBILENET), overrides=teacher_set),
+                "pseudo": dict(route="pseudo", backbone="mobilenetv2_100", weights=str(MOBILENET),
+                               overrides=[*teacher_set, f"data.unlabeled={pool}", f"distill.teacher={work / f'{task}-teacher-s{seed}'}"]),
+                "student": dict(route="scratch", backbone=args.student, overrides=student_set),
+                "distill": dict(route="distill", backbone=args.student,
+                                overrides=[*student_set, f"data.unlabeled={pool}", f"distill.teacher={work / f'{task}-pseudo-s{seed}'}"]),
+            }
+            for row in args.rows:
+                needs = {"pseudo": "teacher", "distill": "pseudo"}.get(row)
+                if (task, row, seed) in done:
+                    continue
+                if needs and not (work / f"{task}-{needs}-s{seed}").exists():
+                    print(f"skip {task} {row} s{seed}: its teacher row '{needs}' is not in {work}", flush=True)
+                    continue
+                plan = plans[row]
+                started = time.time()
+                run = graft.fit(train, route=plan["route"], backbone=plan["backbone"], weights=plan.get("weights"), test=test,
+                                out=work / f"{task}-{row}-s{seed}", quiet=True, overrides=[*common, *plan["overrides"]])
+                info = run.meta["info"]
+                entry = {"task": task, "row": row, "seed": seed, "test_accuracy": run.metrics["test_accuracy"],
+                         "seconds": round(time.time() - started, 1), "pool": args.pool}
+                if "rounds" in info:
+                    entry["pseudo_labels"] = {k: info["rounds"][0][k] for k in ("selected", "of", "precision", "per_class")}
+                if "sizes" in info:
+                    entry["sizes"] = info["sizes"]
+                results["runs"].append(entry)
+                print({k: v for k, v in entry.items() if k != "sizes"}, flush=True)
+                save(out, results)
+    print_table(results)
+    if args.clean:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def print_table(results: dict) -> None:
+    rows = results["runs"]
+    print("| task | " + " | ".join(LABELS[r] for r in ROWS) + " | seeds |\n|---|" + "---|" * (len(ROWS) + 1))
+    for task in dict.fromkeys(r["task"] for r in rows):
+        cells = []
+        for row in ROWS:
+            picked = [r for r in rows if r["task"] == task and r["row"] == row]
+            seconds = sum(r["seconds"] for r in picked) / max(len(picked), 1)
+            cells.append(f"{mean_std([r['test_accuracy'] for r in picked])} ({seconds:.0f} s)" if picked else "-")
+        seeds = sorted({r["seed"] for r in rows if r["task"] == task})
+        print(f"| {task} | {' | '.join(cells)} | {','.join(map(str, seeds))} |")
+    print("\n| task | pseudo-labels taken (of pool) | their precision | teacher params / MFLOPs / img/s | student params / MFLOPs / img/s | student speed-up |")
+    print("|---|---|---|---|---|---|")
+    for task in dict.fromkeys(r["task"] for r in rows):
+        taken = [r["pseudo_labels"] for r in rows if r["task"] == task and r["row"] == "pseudo" and "pseudo_labels" in r]
+        sizes = [r["sizes"] for r in rows if r["task"] == task and "sizes" in r]
+        taken_cell = f"{np.mean([t['selected'] for t in taken]):.0f} of {taken[0]['of']}" if taken else "-"
+        precision = mean_std([t["precision"] for t in taken if t["precision"] is not None]) if taken else "-"
+        if sizes:
+            t, s = sizes[0]["teacher"], sizes[0]["student"]
+            speed = np.mean([z["speedup"] for z in sizes])
+            print(f"| {task} | {taken_cell} | {precision} | {t['parameters'] / 1e6:.2f} M / {t['mflops']:.0f} @{t['input_size']} px / "
+                  f"{np.mean([z['teacher']['images_per_second'] for z in sizes]):.0f} | {s['parameters'] / 1e6:.2f} M / {s['mflops']:.0f} "
+                  f"@{s['input_size']} px / {np.mean([z['student']['images_per_second'] for z in sizes]):.0f} | {speed:.1f}x |")
+        else:
+            print(f"| {task} | {taken_cell} | {precision} | - | - | - |")
+
+
+if __name__ == "__main__":
+    main()
