@@ -1,7 +1,7 @@
 """graft: every transfer-learning route for small image datasets, run side by side and explained.
 
 The API mirrors the CLI: ``graft.fit``, ``graft.evaluate``, ``graft.predict``, ``graft.export``,
-``graft.load_run``, ``graft.demo``.
+``graft.load_run``, ``graft.demo``, ``graft.pretrain``, ``graft.evaluate_features``.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = {"fit", "evaluate", "predict", "export", "load_run", "Recipe", "Run", "GraftError", "demo"}
+_API = {"fit", "evaluate", "predict", "export", "load_run", "Recipe", "Run", "GraftError", "demo", "pretrain", "evaluate_features"}
 
 
 def __getattr__(name: str) -> Any:  # lazy: `import graft` stays cheap and side-effect free
@@ -17,6 +17,14 @@ def __getattr__(name: str) -> Any:  # lazy: `import graft` stays cheap and side-
         from graft.demo import demo
 
         return demo
+    if name == "pretrain":
+        from graft.pretraining import pretrain
+
+        return pretrain
+    if name == "evaluate_features":  # `graft.features` is the feature-cache module
+        from graft.protocols import evaluate_features
+
+        return evaluate_features
     if name in _API:
         from graft import api
 

@@ -50,6 +50,11 @@ EXAMPLES = {
     "predict": "example:\n  graft predict runs/lpft-... cat.jpg dog.png --top-k 3 --format json",
     "export": "example:\n  graft export runs/lpft-... --format onnx",
     "demo": "example:\n  graft demo --out runs/demo",
+    "pretrain": "example:\n  graft pretrain source.npz --objective supervised --arch graft_convnet_m --epochs 20 --out runs/source\n"
+                "  graft pretrain unlabelled/ --objective exemplar --arch exemplar-64c5-64c5-128f --classes 4000 --copies 100\n"
+                "  graft pretrain --resume runs/exemplar-exemplar-64c5-64c5-128f-20261123-120000\n"
+                "  graft fit target/ --route lpft --backbone run:runs/source",
+    "features": "example:\n  graft features runs/exemplar-... train.npz --test test.npz --protocol exemplar",
     "scenes": "example:\n  graft scenes ../shared/datasets/cifar10_test.npz scenes/test --count 200 --size 128 --object-size 0.15 0.3 \\\n"
               "      --objects-per-scene 2 4 --background ../shared/datasets/imagenet_sample128.npz --seed 1\n"
               "  graft fit scenes/train --test scenes/test --route patches --backbone mobilenetv2_100 --weights mnv2.safetensors",
@@ -99,6 +104,36 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     ex.add_argument("--out", help="output file (default inside RUN)")
     ex.add_argument("--atol", type=float, default=1e-4)
+
+    pre = command("pretrain", "Train a backbone on a labelled source DATA (supervised) or unlabelled IMAGES (Exemplar-CNN); "
+                              "transfer it with --backbone run:PATH.")
+    pre.add_argument("data", nargs="?", help="DATA as for fit (supervised), or IMAGES (exemplar: folder or .npz; labels ignored)")
+    pre.add_argument("--objective", choices=["supervised", "exemplar"], default="supervised")
+    pre.add_argument("--arch", help="backbone to train: exemplar-64c5-64c5-128f, exemplar-64c5-128c5-256c5-512f, "
+                                    "exemplar-92c5-256c5-512c5-1024f, graft_convnet_m, any timm name ...")
+    pre.add_argument("--epochs", type=int, help="training epochs [train.stages=all:EPOCHS]")
+    pre.add_argument("--classes", type=int, help="exemplar: surrogate classes N [exemplar.classes]")
+    pre.add_argument("--copies", type=int, help="exemplar: transformed copies K per class [exemplar.copies]")
+    pre.add_argument("--patch-size", type=int, help="exemplar: seed patch side in pixels [exemplar.patch_size]")
+    pre.add_argument("--out", help="run directory (default: runs/ROUTE-ARCH-TIME)")
+    pre.add_argument("--recipe", help="a recipe YAML to start from")
+    pre.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any recipe key, e.g. --set exemplar.transforms=[translate,scale]")
+    pre.add_argument("--resume", metavar="RUN", help="continue an interrupted pretraining from its last checkpoint")
+    pre.add_argument("--quiet", action="store_true")
+    for flag, (key, kind, text) in FIT_FLAGS.items():
+        if flag != "--stages":
+            pre.add_argument(flag, type=kind, help=f"{text} [{key}]")
+
+    fe = command("features", "Frozen-feature evaluation of RUN's backbone on labelled DATA: features + linear SVM (C chosen on validation).")
+    fe.add_argument("run")
+    fe.add_argument("data", help="labelled DATA (train + validation; test too unless --test)")
+    fe.add_argument("--test", help="test DATA (default: a seeded stratified share of DATA)")
+    fe.add_argument("--protocol", choices=["exemplar", "linear"], default="exemplar",
+                    help="exemplar: every layer max-pooled over 4 quadrants (Dosovitskiy et al. 2014); linear: pooled pre-logits")
+    fe.add_argument("--val-fraction", type=float, default=0.15)
+    fe.add_argument("--test-fraction", type=float, default=0.2)
+    fe.add_argument("--seed", type=int, default=0)
+    fe.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     demo = command("demo", "The whole story on scikit-learn's digits: source task 0-4, transfer to 5-9 with 5 labels per class.")
     demo.add_argument("--out", help="demo directory (default runs/demo-TIME)")
@@ -193,6 +228,38 @@ def _export(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def _pretrain(args: argparse.Namespace) -> None:
+    from graft.pretraining import pretrain
+    from graft.recipe import Recipe
+
+    given = {key: getattr(args, flag[2:].replace("-", "_")) for flag, (key, _, _) in FIT_FLAGS.items() if flag != "--stages"}
+    given.update({"train.stages": None if args.epochs is None else f"all:{args.epochs}", "exemplar.classes": args.classes,
+                  "exemplar.copies": args.copies, "exemplar.patch_size": args.patch_size})
+    overrides = [f"{key}={json.dumps(value)}" for key, value in given.items() if value is not None] + args.set
+    if args.resume:
+        run = pretrain(resume=args.resume, overrides=overrides, quiet=args.quiet)
+    else:
+        if not args.data:
+            raise GraftError("give DATA or IMAGES (or --resume RUN); see `graft pretrain --help`")
+        recipe = Recipe.from_yaml(args.recipe) if args.recipe else None
+        run = pretrain(args.data, args.objective, args.arch, out=args.out, recipe=recipe, overrides=overrides, quiet=args.quiet)
+    print(run.path)
+
+
+def _features(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from graft.protocols import evaluate_features
+
+    result = evaluate_features(args.run, args.data, args.protocol, test=args.test, val_fraction=args.val_fraction,
+                      test_fraction=args.test_fraction, seed=args.seed)
+    if args.json:
+        print(json.dumps(asdict(result)))
+        return
+    print(f"{args.protocol} protocol: test accuracy {result.accuracy:.4f} on {result.test_count} images "
+          f"({result.dimensions} features, linear SVM C={result.c:g} chosen on {result.val_count} validation images)")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from graft.demo import demo
 
@@ -200,7 +267,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
-    "fit": _fit, "evaluate": _evaluate, "predict": _predict, "export": _export, "demo": _demo, "scenes": _scenes}
+    "fit": _fit, "evaluate": _evaluate, "predict": _predict, "export": _export, "demo": _demo, "pretrain": _pretrain, "features": _features, "scenes": _scenes}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -144,6 +144,32 @@ class PseudoConfig:
 
 
 @dataclass
+class ExemplarConfig:
+    """Exemplar-CNN surrogate task (Dosovitskiy et al. 2014; DESIGN.md route 7): seed patches and their transformations.
+
+    Ranges are the paper's (sec. 3). Multiplicative factors are drawn log-uniformly, additive ones uniformly.
+    """
+
+    classes: int = 4000  # N surrogate classes = seed patches (the paper uses thousands; accuracy grows with N)
+    copies: int = 100  # K transformed copies per class per epoch (paper: ~100), made on the fly from (seed, class, copy)
+    val_copies: int = 1  # extra copies per class (never trained on) for the surrogate validation accuracy
+    patch_size: int = 32  # seed patch side in pixels (paper: 32)
+    scales: list[float] = field(default_factory=lambda: [1.0, 1.5, 2.0])  # window side / patch_size, clipped to the image
+    candidates_per_image: int = 8  # random windows per image among which patches are drawn by gradient energy
+    patches_per_image: int = 1  # the paper draws its seed patches from different images
+    upscale_small: bool = False  # False: images smaller than patch_size are an error; True: their windows are upscaled
+    transforms: list[str] = field(default_factory=lambda: ["translate", "scale", "rotate", "contrast", "color", "hue"])
+    translate: float = 0.2  # fraction of the patch side, each direction
+    scale: list[float] = field(default_factory=lambda: [0.7, 1.4])
+    rotate: float = 20.0  # degrees, each way
+    contrast: list[float] = field(default_factory=lambda: [0.5, 2.0])  # factor on each pixel-PCA component
+    power: list[float] = field(default_factory=lambda: [0.25, 4.0])  # HSV saturation and value: x ** power ...
+    multiply: list[float] = field(default_factory=lambda: [0.7, 1.4])  # ... * factor ...
+    add: float = 0.1  # ... + offset in [-add, add]
+    hue: float = 0.1  # hue + offset in [-hue, hue] (hue in [0, 1))
+
+
+@dataclass
 class RuntimeConfig:
     """Where and how it runs (Lightning Fabric settings, seed, output)."""
 
@@ -171,6 +197,7 @@ class Recipe:
     distill: DistillConfig = field(default_factory=DistillConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    exemplar: ExemplarConfig = field(default_factory=ExemplarConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

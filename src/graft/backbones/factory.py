@@ -128,7 +128,9 @@ def _build(name: str, num_classes: int, pretrained: bool) -> nn.Module:
         return model
     import graft.backbones.alexnet  # noqa: F401 - registers graft's nets with timm
     import graft.backbones.small  # noqa: F401
+    from graft.backbones.exemplar import canonical_name  # also registers the Exemplar-CNN nets
 
+    name = canonical_name(name)
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models() + ["tv:" + n for n in _tv_names()], n=3)
         raise GraftError(f"unknown backbone '{name}'" + (f"; did you mean {', '.join(close)}?" if close else "; give a timm name, tv:NAME or run:PATH"))

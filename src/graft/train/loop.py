@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 from lightning_fabric import Fabric
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from graft.console import Reporter
 from graft.data.sources import ImageSet
@@ -91,7 +91,11 @@ def _channels_last(batch: Sequence[Any]) -> tuple[Any, ...]:
     return (batch[0].contiguous(memory_format=torch.channels_last), *batch[1:])
 
 
-def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], train: ImageSet, val: Optional[ImageSet],
+def _dataset(images: ImageSet | Dataset, transform: Callable[[torch.Tensor], torch.Tensor], indexed: bool = False) -> Dataset:
+    return images if isinstance(images, Dataset) else TransformedImages(images, transform, indexed)
+
+
+def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], train: ImageSet | Dataset, val: Optional[ImageSet | Dataset],
                  pre: Preprocessing, recipe: Recipe, run: RunDirectory, reporter: Reporter,
                  step: Optional[Callable[..., dict[str, torch.Tensor]]] = None, callbacks: Sequence[Callback] = (),
                  checkpoint: Optional[dict[str, Any]] = None, channels_last: bool = True,
@@ -103,6 +107,8 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
     ``step(module, batch, unlabeled=batch)``, an epoch is one pass over the longer of the two sets, the
     shorter one cycles. A step with an ``indexed`` attribute gets (images, labels, indices) batches, and
     one with a ``progress`` attribute gets the fraction of training done set before each batch.
+    ``train``/``val`` may be ready-made datasets of (image tensor, label) that bring their own
+    transforms (e.g. Exemplar-CNN surrogate copies); ImageSets go through ``pre`` and the recipe's augmentation.
     Returns the per-epoch history (also appended to metrics.jsonl).
     """
     config = recipe.train
@@ -111,7 +117,7 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
     generator = torch.Generator()
     indexed = bool(getattr(step, "indexed", False))
     transform = train_transform(pre, config.augment)
-    train_loader = DataLoader(TransformedImages(train, transform, indexed), batch_size=batch_size,
+    train_loader = DataLoader(_dataset(train, transform, indexed), batch_size=batch_size,
                               shuffle=True, generator=generator, drop_last=len(train) > batch_size,
                               num_workers=recipe.data.num_workers)
     train_loader = fabric.setup_dataloaders(train_loader)
@@ -123,7 +129,7 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
             drop_last=len(unlabeled) > unlabeled_batch, num_workers=recipe.data.num_workers))
     val_loader = None
     if val is not None and len(val):
-        val_loader = fabric.setup_dataloaders(DataLoader(TransformedImages(val, eval_transform(pre)), batch_size=recipe.data.batch_size * 2,
+        val_loader = fabric.setup_dataloaders(DataLoader(_dataset(val, eval_transform(pre)), batch_size=recipe.data.batch_size * 2,
                                                          num_workers=recipe.data.num_workers))
     step = step or (MultiLabelStep() if train.multilabel else SupervisedStep(config.label_smoothing, batch_mixer(config.augment, len(train.classes))))
     if channels_last:
