@@ -84,6 +84,7 @@ def _pretrain_exemplar(data: Any, arch: Optional[str], out: Optional[str | Path]
     model = create_model(recipe.model.backbone, config.classes, pretrained=False)  # refuses an unknown arch before writing
     data_config = timm.data.resolve_model_data_config(model)
     pre = Preprocessing(config.patch_size, tuple(data_config["mean"]), tuple(data_config["std"]), "bilinear", 1.0)
+    seeds = sample_seed_patches(images, config, seed)  # images smaller than the patch fail here, before the run exists
     writer = fabric.global_rank == 0
     checkpoint = None
     if resume is not None:
@@ -92,7 +93,6 @@ def _pretrain_exemplar(data: Any, arch: Optional[str], out: Optional[str | Path]
         run.log(event="resume", from_checkpoint=checkpoint is not None)
     else:
         run = RunDirectory.create(Path(recipe.runtime.out) if recipe.runtime.out else default_run_path(recipe), recipe, writer)
-    seeds = sample_seed_patches(images, config, seed)
     reporter.print(f"exemplar: {len(seeds)} seed patches ({config.patch_size} px) from {len(images)} images, "
                    f"{config.copies} copies each, transformations {', '.join(config.transforms) or 'none'} -> {run.path}")
     run.log(event="seed_patches", count=len(seeds), mean_energy=float(seeds.energy.mean()), seconds=round(time.time() - started, 2))
