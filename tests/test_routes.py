@@ -10,13 +10,16 @@ from graft.routes import USES_UNLABELED, route_names
 
 from conftest import FAST
 
+# routes whose paper defaults are heavy get smaller settings here (their own tests check the defaults)
+ROUTE_FAST = {"patches": ["patches.max_windows=20", "patches.scales=3", "adapt.hidden=64"]}
+
 
 @pytest.mark.parametrize("route", route_names())
 def test_every_route_learns_separable_data(route, toy_npz, source_run, tmp_path):
     # routes that learn from unlabelled images and a teacher get the toy images (labels unread) and the source run
     extra = [f"data.unlabeled={toy_npz}", f"distill.teacher={source_run.path}"] if USES_UNLABELED.get(route) else []
     run = graft.fit(toy_npz, route=route, backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / route,
-                    quiet=True, overrides=[*FAST, "train.stages=new:1,all:3", *extra])
+                    quiet=True, overrides=[*FAST, "train.stages=new:1,all:3", *extra, *ROUTE_FAST.get(route, [])])
     assert run.metrics["test_accuracy"] > 0.6  # chance is 1/3
     for name in ("recipe.yaml", "metrics.jsonl", "model.safetensors", "model.json", "env.json", "report.html"):
         assert (run.path / name).exists(), name
