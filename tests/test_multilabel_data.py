@@ -102,7 +102,7 @@ def test_test_set_is_reindexed_onto_training_classes(scenes):
 def test_scenes_command_writes_voc_and_refuses_bad_size_range(toy_npz, tmp_path, capsys):
     from graft.cli import main
 
-    main(["scenes", str(toy_npz), str(tmp_path / "s"), "--count", "3", "--size", "32", "--object-size", "0.2", "0.4"])
+    main(["scenes", str(toy_npz), str(tmp_path / "s"), "--count", "3", "--size", "32", "--object-size", "0.2", "0.4", "--background", str(toy_npz)])
     assert "3 scenes" in capsys.readouterr().out and len(load_images(tmp_path / "s")) == 3
     with pytest.raises(SystemExit) as exit_info:
         main(["scenes", str(toy_npz), str(tmp_path / "t"), "--object-size", "0.6", "0.3"])

@@ -55,7 +55,7 @@ def photo_crop(rng: np.random.Generator, photos: ImageSet, size: int) -> np.ndar
     side = int(rng.integers(min(height, width) // 2, min(height, width) + 1))
     top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
     crop = Image.fromarray(image[top:top + side, left:left + side])
-    return np.asarray(crop.resize((size, size), Image.BILINEAR))
+    return np.array(crop.resize((size, size), Image.BILINEAR))  # writable: objects are pasted into it
 
 
 def _covered(box: tuple[int, int, int, int], other: tuple[int, int, int, int]) -> float:
