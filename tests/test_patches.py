@@ -100,3 +100,10 @@ def test_patches_fine_tuned_through_window_crops(scene_sets, source_run, tmp_pat
     assert info["trained_on"] == "window crops" and not info["backbone_unchanged"]
     assert info["background_windows"] / info["train_windows"] == pytest.approx(0.1, abs=0.02)
     assert run.metrics["test_mAP"] > chance_map(test) + 0.15
+
+
+def test_single_label_patches_run_is_evaluated_through_its_windows(toy_npz, source_run, tmp_path):
+    run = graft.fit(toy_npz, test=toy_npz, route="patches", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "p",
+                    quiet=True, overrides=PATCH_FAST)
+    evaluation = graft.evaluate(run.path, toy_npz)
+    assert evaluation.accuracy == pytest.approx(run.metrics["test_accuracy"]) and evaluation.accuracy > 0.6

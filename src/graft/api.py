@@ -15,7 +15,7 @@ from graft.console import Reporter
 from graft.data.sources import ImageSet, load_images, require_classes
 from graft.data.split import random_split, stratified_split
 from graft.errors import GraftError
-from graft.evaluation import Evaluation, evaluate_logits, evaluate_model, predict_logits
+from graft.evaluation import Evaluation, evaluate_logits, predict_logits
 from graft.multilabel import MultiLabelEvaluation, evaluate_scores
 from graft.recipe import Recipe
 from graft.report import plot_confusion, plot_curves, save_figure, table, write_html
@@ -53,7 +53,8 @@ def make_splits(recipe: Recipe, reporter: Reporter) -> tuple[ImageSet, Optional[
     train = train.subset(rest)
     train.skipped = skipped
     reporter.print(f"{len(train.classes)} classes; train {len(train)}, val {0 if val is None else len(val)}, "
-                   f"test {0 if test is None else len(test)} images" + (f"; skipped {len(skipped)} unreadable files" if skipped else ""))
+                   f"test {0 if test is None else len(test)} images" + (f"; skipped {len(skipped)} unreadable files" if skipped else "")
+                   + (f"; clipped {train.clipped_boxes} boxes to their image" if train.clipped_boxes else ""))
     return train, val, test
 
 
@@ -203,7 +204,7 @@ def evaluate(run: str | Path | Run, data: Any, batch_size: int = 128, quiet: boo
         return evaluation
     if (images.labels < 0).any():
         raise GraftError(f"{images.origin}: {int((images.labels < 0).sum())} images have no label; evaluation needs labels")
-    evaluation = evaluate_model(run.model, images, run.preprocessing, batch_size, Reporter(quiet=quiet))
+    evaluation = evaluate_logits(run_scores(run, images, batch_size, Reporter(quiet=quiet)), images.labels, images.classes)
     folder.mkdir(parents=True, exist_ok=True)
     evaluation.extra["confusion_png"] = str(save_figure(plot_confusion(evaluation.confusion, evaluation.classes), folder / "confusion.png"))
     (folder / "evaluation.json").write_text(json.dumps(evaluation.to_dict(), indent=2))
