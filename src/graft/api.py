@@ -242,6 +242,19 @@ def predict(run: str | Path | Run, images: Sequence[str | Path] | ImageSet, top_
     return results
 
 
+def scenes(objects: Any, out: str | Path, count: int = 200, size: int = 128, object_size: tuple[float, float] = (0.5, 0.9),
+           objects_per_scene: tuple[int, int] = (1, 3), background: str = "texture", seed: int = 0) -> dict[str, Any]:
+    """Write a multi-object benchmark (VOC XML + COCO JSON) of ``count`` scenes made from single-label ``objects``.
+
+    >>> graft.scenes("cifar10_test.npz", "scenes/test", object_size=(0.15, 0.3), background="photos.npz", seed=1)
+    """
+    from graft.scenes import SceneSpec, build_scenes
+
+    spec = SceneSpec(count=count, size=size, object_size=tuple(object_size), objects_per_scene=tuple(objects_per_scene),
+                     background=str(background), seed=seed)
+    return build_scenes(objects, out, spec)
+
+
 def export(run: str | Path | Run, format: str = "onnx", out: Optional[str | Path] = None, atol: float = 1e-4) -> dict[str, Any]:
     """Export to ONNX or TorchScript and check the exported outputs match PyTorch's within ``atol``."""
     from graft.exporting import export_model
@@ -250,5 +263,5 @@ def export(run: str | Path | Run, format: str = "onnx", out: Optional[str | Path
     return export_model(run, format, Path(out) if out else None, atol)
 
 
-__all__ = ["fit", "evaluate", "predict", "export", "load_run", "Recipe", "Run", "GraftError"]
+__all__ = ["fit", "evaluate", "predict", "export", "scenes", "load_run", "Recipe", "Run", "GraftError"]
 

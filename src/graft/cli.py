@@ -152,11 +152,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _scenes(args: argparse.Namespace) -> None:
-    from graft.scenes import SceneSpec, build_scenes
+    from graft.api import scenes
 
-    spec = SceneSpec(count=args.count, size=args.size, object_size=tuple(args.object_size), objects_per_scene=tuple(args.objects_per_scene),
-                     background=args.background, seed=args.seed)
-    summary = build_scenes(args.objects, args.out, spec)
+    summary = scenes(args.objects, args.out, args.count, args.size, tuple(args.object_size), tuple(args.objects_per_scene),
+                     args.background, args.seed)
     print(f"{args.out}: {summary['scenes']} scenes with {summary['objects']} objects of {len(summary['classes'])} classes")
 
 
