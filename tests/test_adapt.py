@@ -1,5 +1,4 @@
 """Route adapt (frozen representation + FCa/FCb) and multi-label training on generated scenes."""
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
