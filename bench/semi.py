@@ -3,7 +3,7 @@
 CIFAR-10 with 10 and 100 labels per class; a pool of other training images is given as ``--unlabeled``
 (its labels are read only for ``--audit``, the pseudo-label precision); the full 10,000-image test split.
 Rows: (a) the ImageNet MobileNetV2, ``lpft`` on the labels only; (b) the same + route ``pseudo`` with (a)
-as labeller; (c) a small student (graft_convnet_m, random init, 32 px) on the labels only (``scratch``)
+as labeller; (c) a small student (graft_convnet_s, random init, 32 px) on the labels only (``scratch``)
 vs ``distill`` from (b) on labels + pool. Mean ± std over seeds, seconds per run, the student's
 speed-up over the teacher (inference images/s, each at its own input size, one thread).
 
@@ -53,7 +53,9 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=2000, help="unlabelled images (CPU scale; the full rest is 49,000+)")
     parser.add_argument("--teacher-size", type=int, default=64, help="MobileNetV2 input side (CPU scale; transfer_basics uses 96)")
     parser.add_argument("--teacher-stages", default="new:1,all:6")
-    parser.add_argument("--student", default="graft_convnet_m")
+    parser.add_argument("--pseudo-top-k", type=int, default=100,
+                        help="pseudo-labels per class, most confident first, class-balanced, no threshold (pseudo.threshold=null)")
+    parser.add_argument("--student", default="graft_convnet_s", help="94k parameters, about 21 MFLOPs at 32 px")
     parser.add_argument("--student-size", type=int, default=32)
     parser.add_argument("--student-stages", default="all:15")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "semi.json"))
@@ -79,7 +81,8 @@ def main() -> None:
         for seed in args.seeds:
             train = str(subset_npz(SHARED / "datasets" / "cifar10_train.npz", per_class, seed, work))
             pool = str(pool_npz(per_class, seed, args.pool, work))
-            common = ["data.test_fraction=0", f"runtime.seed={seed}", "pseudo.audit=true"]
+            common = ["data.test_fraction=0", f"runtime.seed={seed}", "pseudo.audit=true", "pseudo.threshold=null",
+                      f"pseudo.top_k={args.pseudo_top_k}"]
             teacher_set = [f"data.image_size={args.teacher_size}", f"train.stages={args.teacher_stages}"]
             student_set = [f"data.image_size={args.student_size}", f"train.stages={args.student_stages}", "model.pretrained=false",
                            "train.augment.preset=none"]  # augmentation off: the teacher's logits are cached once
@@ -104,7 +107,8 @@ def main() -> None:
                                 out=work / f"{task}-{row}-s{seed}", quiet=True, overrides=[*common, *plan["overrides"]])
                 info = run.meta["info"]
                 entry = {"task": task, "row": row, "seed": seed, "test_accuracy": run.metrics["test_accuracy"],
-                         "seconds": round(time.time() - started, 1), "pool": args.pool}
+                         "seconds": round(time.time() - started, 1), "pool": args.pool, "backbone": run.meta["backbone"],
+                         "image_size": run.meta["preprocessing"]["size"]}
                 if "rounds" in info:
                     entry["pseudo_labels"] = {k: info["rounds"][0][k] for k in ("selected", "of", "precision", "per_class")}
                 if "sizes" in info:

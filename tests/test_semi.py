@@ -205,3 +205,15 @@ def test_unlabelled_folder_and_refusals(tmp_path, toy_npz):
         graft.fit(toy_npz, route="lpft", backbone="graft_convnet_s", quiet=True, overrides=[*FAST, f"data.unlabeled={tmp_path / 'pool'}"])
     with pytest.raises(GraftError, match="needs a teacher"):
         graft.fit(toy_npz, route="distill", backbone="graft_convnet_s", quiet=True, out=tmp_path / "d", overrides=[*FAST, "model.pretrained=false"])
+
+
+def test_pseudo_without_teacher_labels_with_a_model_trained_on_the_labels(toy_npz, source_run, tmp_path):
+    run = graft.fit(toy_npz, route="pseudo", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "self",
+                    quiet=True, overrides=[*FAST, "train.stages=new:1,all:2", f"data.unlabeled={toy_npz}", "pseudo.audit=true",
+                                           "pseudo.threshold=null", "pseudo.top_k=5"])
+    info = run.meta["info"]
+    assert info["labeller"] == "the model trained on the labels alone"
+    assert info["rounds"][0]["per_class"] == {"red": 5, "green": 5, "blue": 5} and info["rounds"][0]["precision"] > 0.6
+    epochs = [h for h in (run.path / "metrics.jsonl").read_text().splitlines() if '"event": "epoch"' in h]
+    assert len(epochs) == 4  # round 0 (labels only) and round 1, two epochs each after the probe
+    assert run.metrics["test_accuracy"] > 0.6
