@@ -67,6 +67,7 @@ def main() -> None:
         return
     require_shared()
     import graft
+    from graft.runs import partial_path
 
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {"runs": []}
@@ -102,6 +103,7 @@ def main() -> None:
                     print(f"skip {task} {row} s{seed}: its teacher row '{needs}' is not in {work}", flush=True)
                     continue
                 plan = plans[row]
+                shutil.rmtree(partial_path(work / f"{task}-{row}-s{seed}"), ignore_errors=True)  # left by an interrupted bench
                 started = time.time()
                 run = graft.fit(train, route=plan["route"], backbone=plan["backbone"], weights=plan.get("weights"), test=test,
                                 out=work / f"{task}-{row}-s{seed}", quiet=True, overrides=[*common, *plan["overrides"]])
