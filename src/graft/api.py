@@ -220,9 +220,43 @@ def run_scores(run: Run, images: ImageSet, batch_size: int = 128, reporter: Opti
     return predict_logits(run.model, images, run.preprocessing, batch_size, reporter)
 
 
-def predict(run: str | Path | Run, images: Sequence[str | Path] | ImageSet, top_k: int = 5) -> list[dict[str, Any]]:
-    """Top-k class names and probabilities for each image file."""
-    run = run if isinstance(run, Run) else load_run(run)
+def grow(run: str | Path | Run, data: Any, route: Optional[str] = None, *, val: Any = None, test: Any = None,
+         out: Optional[str | Path] = None, overrides: Sequence[str] = (), quiet: bool = False) -> Run:
+    """Continual growth (Wang et al. 2017, sec. 5.4): grow ``run`` again for the task in ``data``, keeping every
+    earlier task's head; the new run's ``info`` holds the accuracy matrix (task after step) and the forgetting.
+
+    >>> step = graft.grow("runs/source", "task_a.npz", route="grow-width", test="task_a_test.npz")
+    >>> step.meta["info"]["accuracy_matrix"]
+    """
+    path = Path(run.path if isinstance(run, Run) else run)
+    meta = load_run(path).meta
+    route = route or (meta["route"] if str(meta["route"]).startswith("grow-") else "grow-width")
+    if not route.startswith("grow-"):
+        raise GraftError(f"graft grow needs a grow route (grow-depth, grow-width, grow-both, grow-width2), not '{route}'")
+    return fit(data, route=route, backbone=f"run:{path}", val=val, test=test, out=out, quiet=quiet,
+               overrides=[f"grow.previous={json.dumps(str(path))}", *overrides])
+
+
+def select_task(run: Run, task: Optional[str | int]) -> Run:
+    """``run`` answering for one of its tasks (a grown run's task name or index); the latest task by default."""
+    if task is None:
+        return run
+    tasks = run.meta.get("info", {}).get("tasks")
+    if not tasks:
+        raise GraftError(f"{run.path}: not a multi-task run (made by `graft grow`); leave out --task")
+    names = [t["name"] for t in tasks]
+    index = names.index(task) if task in names else int(task) if str(task).lstrip("-").isdigit() else None
+    if index is None or not -len(tasks) <= index < len(tasks):
+        raise GraftError(f"{run.path}: no task '{task}'; its tasks are {', '.join(names)} (or 0..{len(tasks) - 1})")
+    index %= len(tasks)
+    run.model.get_classifier().active = index
+    return Run(run.path, run.model, {**run.meta, "classes": tasks[index]["classes"], "preprocessing": tasks[index]["preprocessing"]})
+
+
+def predict(run: str | Path | Run, images: Sequence[str | Path] | ImageSet, top_k: int = 5,
+            task: Optional[str | int] = None) -> list[dict[str, Any]]:
+    """Top-k class names and probabilities for each image file (``task``: which task of a grown run answers)."""
+    run = select_task(run if isinstance(run, Run) else load_run(run), task)
     if not isinstance(images, ImageSet):
         paths = [Path(p) for p in images]
         for path in paths:
@@ -263,5 +297,5 @@ def export(run: str | Path | Run, format: str = "onnx", out: Optional[str | Path
     return export_model(run, format, Path(out) if out else None, atol)
 
 
-__all__ = ["fit", "evaluate", "predict", "export", "scenes", "load_run", "Recipe", "Run", "GraftError"]
+__all__ = ["fit", "grow", "evaluate", "predict", "export", "scenes", "load_run", "Recipe", "Run", "GraftError"]
 

@@ -24,6 +24,9 @@ FIT_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--batch-size": ("data.batch_size", int, "batch size"),
     "--val-fraction": ("data.val_fraction", float, "validation share split off the training data when --val is not given"),
     "--test-fraction": ("data.test_fraction", float, "test share split off when --test is not given"),
+    "--train": ("grow.train", str, "grow routes: scenario new, top-1, top-2 or all (Wang et al. 2017)"),
+    "--units": ("grow.units", int, "grow routes: S new units (default half the top layer's width)"),
+    "--lwf": ("grow.lwf", float, "graft grow: Learning-without-Forgetting weight for earlier tasks (0: off)"),
     "--seed": ("runtime.seed", int, "seed of splits, initialisation and data order"),
     "--devices": ("runtime.devices", str, "Lightning Fabric devices (e.g. 1, 2, auto)"),
     "--accelerator": ("runtime.accelerator", str, "cpu, gpu, auto"),
@@ -46,6 +49,10 @@ EXAMPLES = {
            "  graft fit train.npz --unlabeled pool.npz --route pseudo --teacher runs/teacher --audit\n"
            "  graft fit train.npz --unlabeled pool/ --route distill --teacher runs/teacher --backbone graft_convnet_m "
            "--no-pretrained --image-size 32 --augment none --with-pseudo",
+    "grow": "example:\n  graft fit cifar04.npz --route scratch --backbone graft_alexnet_32 --out runs/source\n"
+            "  graft grow runs/source task_a.npz --route grow-width --train all --out runs/a\n"
+            "  graft grow runs/a task_b.npz --lwf 1 --out runs/b     # accuracy matrix + forgetting in runs/b/model.json\n"
+            "  graft predict runs/b img.png --task task_a",
     "evaluate": "example:\n  graft evaluate runs/lpft-... test.npz --json",
     "predict": "example:\n  graft predict runs/lpft-... cat.jpg dog.png --top-k 3 --format json",
     "export": "example:\n  graft export runs/lpft-... --format onnx",
@@ -71,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
     fit = command("fit", "Train a classifier on DATA by one route and write a run directory.")
     fit.add_argument("data", nargs="?", help="folder of class sub-folders, CSV (path,label) or .npz (images, labels[, classes])")
-    fit.add_argument("--route", help="linear, finetune, lpft, scratch, adapt, patches, pseudo or distill (default: lpft)")
+    fit.add_argument("--route", help="linear, finetune, lpft, scratch, adapt, patches, pseudo, distill, grow-depth, grow-width, grow-both or grow-width2 (default: lpft)")
     fit.add_argument("--backbone", help="timm name, tv:NAME (torchvision), a graft net, or run:PATH")
     fit.add_argument("--weights", help=".safetensors/.pth state dict or a graft run directory")
     fit.add_argument("--no-pretrained", action="store_true", help="random initial weights")
@@ -87,6 +94,18 @@ def _parser() -> argparse.ArgumentParser:
     for flag, (key, kind, text) in FIT_FLAGS.items():
         fit.add_argument(flag, type=kind, help=f"{text} [{key}]")
 
+    gr = command("grow", "Grow RUN again for the task in DATA (continual growth, Wang et al. 2017), keeping every earlier task's head.")
+    gr.add_argument("run", help="a finished run: a source run (`graft fit`) or an earlier `graft grow` step")
+    gr.add_argument("data", help="the new task's DATA")
+    gr.add_argument("--route", help="grow-depth, grow-width, grow-both or grow-width2 (default: RUN's grow route, else grow-width)")
+    gr.add_argument("--val", help="validation DATA (default: split off the training data)")
+    gr.add_argument("--test", help="test DATA (default: split off the training data)")
+    gr.add_argument("--out", help="run directory")
+    gr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any recipe key, e.g. --set grow.gamma=20")
+    gr.add_argument("--quiet", action="store_true")
+    for flag, (key, kind, text) in FIT_FLAGS.items():
+        gr.add_argument(flag, type=kind, help=f"{text} [{key}]")
+
     ev = command("evaluate", "Accuracy, per-class accuracy and a confusion matrix of RUN on labelled DATA.")
     ev.add_argument("run")
     ev.add_argument("data")
@@ -98,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+")
     pr.add_argument("--top-k", type=int, default=5)
     pr.add_argument("--format", choices=["csv", "json"], default="csv")
+    pr.add_argument("--task", help="a grown run's task (name or index) that answers; default: its latest task")
 
     ex = command("export", "Export RUN to ONNX or TorchScript and check its outputs against PyTorch.")
     ex.add_argument("run")
@@ -180,6 +200,21 @@ def _fit(args: argparse.Namespace) -> None:
     print(run.path)
 
 
+def _grow(args: argparse.Namespace) -> None:
+    from graft.api import grow
+
+    given = {key: getattr(args, flag[2:].replace("-", "_")) for flag, (key, _, _) in FIT_FLAGS.items()}
+    overrides = [f"{key}={json.dumps(value)}" for key, value in given.items() if value is not None] + args.set
+    run = grow(args.run, args.data, route=args.route, val=args.val, test=args.test, out=args.out, overrides=overrides, quiet=args.quiet)
+    info = run.meta["info"]
+    names = [t["name"] for t in info["tasks"]]
+    print("accuracy matrix (row: after step, column: task " + ", ".join(names) + ")")
+    for name, row in zip(names, info["accuracy_matrix"]):
+        print(f"  {name}: " + "  ".join("   -  " if v is None else f"{v:.4f}" for v in row))
+    print("forgetting: " + ", ".join(f"{n} {'-' if f is None else f'{f:+.4f}'}" for n, f in zip(names, info["forgetting"])))
+    print(run.path)
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from graft.api import evaluate
 
@@ -207,7 +242,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from graft.api import predict
 
-    results = predict(args.run, args.images, top_k=args.top_k)
+    results = predict(args.run, args.images, top_k=args.top_k, task=args.task)
     if args.format == "json":
         print(json.dumps(results))
         return
@@ -266,7 +301,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
-    "fit": _fit, "evaluate": _evaluate, "predict": _predict, "export": _export, "demo": _demo, "pretrain": _pretrain, "features": _features, "scenes": _scenes}
+    "fit": _fit, "grow": _grow, "evaluate": _evaluate, "predict": _predict, "export": _export, "demo": _demo, "pretrain": _pretrain, "features": _features, "scenes": _scenes}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

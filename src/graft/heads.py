@@ -34,4 +34,9 @@ def restore_head(model: nn.Module, spec: dict[str, Any] | None) -> nn.Module:
     """Rebuild the head a run recorded in ``meta["head"]`` (no-op for the plain linear classifier)."""
     if not spec:
         return model
+    if spec.get("kind") == "grow":  # a developmental network (graft.growth)
+        from graft.growth import restore_growth
+
+        restore_growth(model, spec)
+        return model
     return attach_head(model, AdaptationHead(model.num_features, spec["outputs"], spec["hidden"], spec["dropout"]))

@@ -170,6 +170,30 @@ class ExemplarConfig:
 
 
 @dataclass
+class GrowConfig:
+    """Developmental networks (Wang, Ramanan, Hebert 2017; DESIGN.md route 8), routes grow-depth/-width/-both/-width2.
+
+    With ``recipe: paper`` these routes train as the paper does (sec. 5): SGD, momentum 0.9, weight decay 5e-4,
+    new layers at ``lr`` and pretrained ones at lr/10, lr divided by 10 at ``step_epochs``, no warm-up or
+    label smoothing; ``recipe: train`` uses the ``train`` section instead, like every other route.
+    """
+
+    train: str = "all"  # scenario: new | top-1 (FC7-New) | top-2 (FC6-New) | all; any top-K works
+    epochs: int = 15
+    units: Optional[int] = None  # S new units beside the top layer; None: half its pooled width (paper: 2048 of 4096)
+    depth_units: Optional[int] = None  # FCa units; None: the pooled width (paper: 4096)
+    normalize: Optional[bool] = None  # L2-normalise + learnable gamma (eq. 1-2); None: on for width growth, off for depth only
+    gamma: float = 10.0  # gamma's initial value (the paper's 10-20)
+    dropout: float = 0.5  # after new fully connected units, as AlexNet's fc6/fc7
+    recipe: Literal["paper", "train"] = "paper"
+    lr: float = 0.01  # new layers (paper recipe); pretrained layers at lr/10
+    step_epochs: Optional[int] = None  # None: 2/3 of ``epochs``
+    lwf: float = 0.0  # weight of the Learning-without-Forgetting term for earlier tasks (continual growth); 0 = off
+    lwf_temperature: float = 2.0
+    previous: Optional[str] = None  # a finished run grown again, keeping its tasks' heads (set by `graft grow`)
+
+
+@dataclass
 class RuntimeConfig:
     """Where and how it runs (Lightning Fabric settings, seed, output)."""
 
@@ -196,6 +220,7 @@ class Recipe:
     patches: PatchesConfig = field(default_factory=PatchesConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    grow: GrowConfig = field(default_factory=GrowConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     exemplar: ExemplarConfig = field(default_factory=ExemplarConfig)
 

@@ -14,7 +14,7 @@ RouteFn = Callable[[Context], RouteResult]
 ROUTES: dict[str, RouteFn] = {}
 USES_PRETRAINED: dict[str, bool] = {}  # False: the route starts from random weights (scratch)
 USES_UNLABELED: dict[str, bool] = {}  # True: the route learns from --unlabeled images (pseudo, distill)
-_MODULES = ("linear", "finetune", "lpft", "scratch", "adapt", "pseudo", "distill", "patches")
+_MODULES = ("linear", "finetune", "lpft", "scratch", "adapt", "pseudo", "distill", "patches", "grow")
 
 
 def register_route(name: str, pretrained: bool = True, unlabeled: bool = False) -> Callable[[RouteFn], RouteFn]:

@@ -41,11 +41,19 @@ def parse_stages(spec: str) -> list[Stage]:
     return stages
 
 
+def kept_head_names(model: nn.Module) -> set[str]:
+    """Parameters inside the classifier that are not new: a grown network's earlier growth and task heads
+    (:class:`graft.growth.GrowthHead`). They train like the top backbone group, not as new layers."""
+    kept = getattr(model.get_classifier(), "kept_parameter_names", None) if hasattr(model, "get_classifier") else None
+    return {head_prefix(model) + n for n in kept()} if kept else set()
+
+
 def backbone_groups(model: nn.Module) -> list[list[str]]:
     """Backbone parameter names in groups, bottom (stem) to top; the head is excluded.
 
     From timm's ``group_matcher(coarse=True)`` when the model has one; otherwise by
     parameter order, split at the top-level modules (or their children when there are few).
+    Earlier growth of a grown network (:func:`kept_head_names`) joins the top group.
     """
     head = head_prefix(model)
     names = [n for n, _ in model.named_parameters() if not n.startswith(head)]
@@ -56,7 +64,11 @@ def backbone_groups(model: nn.Module) -> list[list[str]]:
         groups = [[n for n in members if not n.startswith(head)] for _, members in sorted(grouped.items())]
     else:
         groups = _groups_by_order(names)
-    return [g for g in groups if g]
+    groups = [g for g in groups if g]
+    kept = kept_head_names(model)
+    if kept and groups:
+        groups[-1] = groups[-1] + [n for n, _ in model.named_parameters() if n in kept]
+    return groups
 
 
 def _groups_by_order(names: list[str]) -> list[list[str]]:
@@ -76,7 +88,7 @@ def trainable_names(model: nn.Module, stage: Stage, bn_mode: str) -> set[str]:
     groups = backbone_groups(model)
     k = stage.top_groups(len(groups))
     names = {n for group in groups[len(groups) - k:] for n in group} if k else set()
-    names |= {n for n, _ in model.named_parameters() if n.startswith(head)}
+    names |= {n for n, _ in model.named_parameters() if n.startswith(head)} - (kept_head_names(model) - names)
     if bn_mode == "eval":
         names -= {f"{m}.{p}" for m, module in model.named_modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)
                   for p, _ in module.named_parameters(recurse=False) if not f"{m}.{p}".startswith(head)}
@@ -106,11 +118,12 @@ def optimizer_groups(model: nn.Module, lr: float, backbone_ratio: float, weight_
     The new head trains at ``lr``, the pretrained backbone at ``lr * backbone_ratio``.
     """
     head = head_prefix(model)
+    kept = kept_head_names(model)
     buckets: dict[tuple[bool, bool], list] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        buckets.setdefault((name.startswith(head), parameter.ndim > 1), []).append(parameter)
+        buckets.setdefault((name.startswith(head) and name not in kept, parameter.ndim > 1), []).append(parameter)
     groups = []
     for (is_head, decayed), params in sorted(buckets.items()):
         group_lr = lr if is_head else lr * backbone_ratio
