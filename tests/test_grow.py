@@ -135,3 +135,12 @@ def test_two_task_run_keeps_both_heads_and_reports_its_accuracy_matrix(alexnet_s
     assert graft.predict(step.path, test.subset([0]))[0]["top"][0]["class"] in ("up", "down")
     with pytest.raises(graft.GraftError, match="no task"):
         graft.predict(step.path, test.subset([0]), task="nope")
+
+
+def test_bad_scenario_and_route_are_refused_before_training(alexnet_source, toy_npz):
+    from graft.recipe import Recipe
+
+    with pytest.raises(graft.GraftError, match="grow.train 'everything'"):
+        Recipe().override(["grow.train=everything"])
+    with pytest.raises(graft.GraftError, match="needs a grow route"):
+        graft.grow(alexnet_source.path, toy_npz, route="finetune")

@@ -192,6 +192,12 @@ class GrowConfig:
     lwf_temperature: float = 2.0
     previous: Optional[str] = None  # a finished run grown again, keeping its tasks' heads (set by `graft grow`)
 
+    def __post_init__(self) -> None:  # a bad scenario is refused when the recipe is read, before any run directory exists
+        import re
+
+        if not re.fullmatch(r"new|all|top-\d+", self.train):
+            raise GraftError(f"grow.train '{self.train}' must be new, top-1, top-2 (or top-K) or all; e.g. --train top-1")
+
 
 @dataclass
 class RuntimeConfig:

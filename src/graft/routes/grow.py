@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -37,12 +36,6 @@ def paper_train(recipe: Recipe) -> TrainConfig:
         return recipe.train
     step = config.step_epochs or max(1, (2 * config.epochs) // 3)
     return dataclasses.replace(recipe.train, lr=config.lr, step_epochs=step, **PAPER_TRAIN)
-
-
-def scenario(config: Any) -> Stage:
-    if not re.fullmatch(r"new|all|top-\d+", config.train):
-        raise GraftError(f"grow.train '{config.train}' must be new, top-1, top-2 (or top-K) or all; e.g. --train top-1")
-    return Stage(config.train, config.epochs)
 
 
 def task_name(data: Optional[str], taken: list[str]) -> str:
@@ -102,7 +95,7 @@ def forgetting(matrix: list[list[Optional[float]]]) -> list[Optional[float]]:
 
 def grow_route(context: Context, kind: str) -> RouteResult:
     recipe, config = context.recipe, context.recipe.grow
-    stage = scenario(config)
+    stage = Stage(config.train, config.epochs)  # checked when the recipe was read
     model, previous = _start(context)
     pre = context.preprocessing(model)
     tasks, matrix = _tasks_so_far(previous) if previous else ([], [])
