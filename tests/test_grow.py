@@ -130,6 +130,7 @@ def test_two_task_run_keeps_both_heads_and_reports_its_accuracy_matrix(alexnet_s
     source = select_task(loaded, "toy")
     _, _, test = make_splits(Recipe.from_dict(alexnet_source.meta["recipe"]), Reporter(quiet=True))
     assert evaluate_model(source.model, test, source.preprocessing).accuracy == pytest.approx(matrix[1][0])
+    assert graft.evaluate(step.path, tmp_path / "task_b.npz", task=1).count == 60
     answers = graft.predict(step.path, test.subset([0, 1]), task="toy")
     assert {a["top"][0]["class"] for a in answers} <= {"red", "green", "blue"}
     assert graft.predict(step.path, test.subset([0]))[0]["top"][0]["class"] in ("up", "down")

@@ -188,13 +188,14 @@ def write_run_report(folder: Path, meta: dict[str, Any], evaluation: Optional[Ev
 
 
 def evaluate(run: str | Path | Run, data: Any, batch_size: int = 128, quiet: bool = True,
-             out: Optional[str | Path] = None) -> Evaluation | MultiLabelEvaluation:
+             out: Optional[str | Path] = None, task: Optional[str | int] = None) -> Evaluation | MultiLabelEvaluation:
     """Accuracy, per-class accuracy and confusion matrix of a finished run on labelled ``data``;
     per-class AP and mAP (:class:`MultiLabelEvaluation`) when ``data`` has several labels per image.
+    ``task``: which task of a grown run (``graft grow``) answers; its latest by default.
 
     Writes ``confusion.png`` (single-label) and ``evaluation.json`` to ``out`` (default: RUN/evaluations/<data name>).
     """
-    run = run if isinstance(run, Run) else load_run(run)
+    run = select_task(run if isinstance(run, Run) else load_run(run), task)
     images = load_images(data, classes=run.classes)
     folder = Path(out) if out else run.path / "evaluations" / Path(str(data)).stem
     if images.multilabel:

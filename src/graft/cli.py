@@ -111,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("data")
     ev.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     ev.add_argument("--out", help="folder for confusion.png and evaluation.json (default RUN/evaluations/NAME)")
+    ev.add_argument("--task", help="a grown run's task (name or index) that answers; default: its latest task")
 
     pr = command("predict", "Top-k classes of images with a trained RUN.")
     pr.add_argument("run")
@@ -218,7 +219,7 @@ def _grow(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from graft.api import evaluate
 
-    evaluation = evaluate(args.run, args.data, out=args.out)
+    evaluation = evaluate(args.run, args.data, out=args.out, task=args.task)
     if args.json:
         print(json.dumps(evaluation.to_dict()))
         return
