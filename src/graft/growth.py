@@ -48,7 +48,7 @@ def top_layers(model: nn.Module) -> tuple[str, str]:
     return names[-1], names[-2]
 
 
-def _units(kind: str, inputs: int, outputs: int, like: nn.Module, dropout: float) -> nn.Module:
+def _units(inputs: int, outputs: int, like: nn.Module, dropout: float) -> nn.Module:
     """New units fed by the input of ``like``: Linear+ReLU+Dropout, or Conv2d of ``like``'s geometry + ReLU."""
     if isinstance(like, nn.Linear):
         return nn.Sequential(nn.Linear(inputs, outputs), nn.ReLU(inplace=True), nn.Dropout(dropout))
@@ -83,10 +83,10 @@ class WidthBranch(nn.Module):
         top_inputs = spec["top_inputs"]
         if spec["kind"] == "width2":
             half = max(units // 2, 1)
-            self.lower = _units("lower", spec["lower_inputs"], half, lower, dropout)
+            self.lower = _units(spec["lower_inputs"], half, lower, dropout)
             self.lower_scales = nn.ModuleList([Scale(top_inputs, spec["gamma"]), Scale(half, spec["gamma"])]) if spec["normalize"] else None
             top_inputs += half
-        self.top = _units("top", top_inputs, units, top, dropout)
+        self.top = _units(top_inputs, units, top, dropout)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         x = inputs["top"]
