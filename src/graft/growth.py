@@ -92,9 +92,9 @@ class WidthBranch(nn.Module):
         x = inputs["top"]
         if self.lower is not None:
             extra = self.lower(inputs["lower"])
-            if extra.shape[2:] != x.shape[2:]:
-                raise GraftError(f"WWA: the lower layer's new maps {tuple(extra.shape[2:])} do not match the top layer's input "
-                                 f"{tuple(x.shape[2:])}; use grow-width or grow-both for this backbone")
+            if extra.ndim == 4 and extra.shape[2:] != x.shape[2:]:
+                # a pooling step sits between the two top convs (VGG-style nets): pool the new maps the same way
+                extra = F.adaptive_max_pool2d(extra, x.shape[2:])
             parts = [x, extra] if self.lower_scales is None else [s(p) for s, p in zip(self.lower_scales, (x, extra))]
             x = torch.cat(parts, 1)
         out = self.top(x)
