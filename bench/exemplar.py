@@ -131,13 +131,13 @@ def print_table(results: dict) -> None:
     labels = {"random": "random weights", "exemplar": "Exemplar-CNN (no labels)", "supervised": "supervised (labels)"}
     for kind in MODELS:
         picked = [r["test_accuracy"] for r in rows if r["model"] == kind]
-        if not picked:
-            continue
         info = pre.get(kind, {})
+        if not picked and not info:
+            continue
         detail = "-" if kind == "random" else f"{info.get('seconds', 0):.0f} s"
         if kind == "exemplar" and info.get("surrogate_val_accuracy") is not None:
             detail += f", surrogate accuracy {100 * info['surrogate_val_accuracy']:.1f}% (chance {100 * info['chance']:.2f}%)"
-        print(f"| {labels[kind]} | {mean_std(picked)} | {len(picked)} | {detail} |")
+        print(f"| {labels[kind]} | {mean_std(picked) if picked else 'not measured'} | {len(picked)} | {detail} |")
 
 
 if __name__ == "__main__":
