@@ -141,9 +141,8 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any recipe key, e.g. --set exemplar.transforms=[translate,scale]")
     pre.add_argument("--resume", metavar="RUN", help="continue an interrupted pretraining from its last checkpoint")
     pre.add_argument("--quiet", action="store_true")
-    for flag, (key, kind, text) in FIT_FLAGS.items():
-        if flag != "--stages":
-            pre.add_argument(flag, type=kind, help=f"{text} [{key}]")
+    for flag, (key, kind, text) in _pretrain_flags().items():
+        pre.add_argument(flag, type=kind, help=f"{text} [{key}]")
 
     fe = command("features", "Frozen-feature evaluation of RUN's backbone on labelled DATA: features + linear SVM (C chosen on validation).")
     fe.add_argument("run")
@@ -263,11 +262,17 @@ def _export(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def _pretrain_flags() -> dict[str, tuple[str, Any, str]]:
+    """The flags of `graft fit` that mean something to pretraining (training, data, runtime; stages via --epochs)."""
+    return {flag: spec for flag, spec in FIT_FLAGS.items()
+            if spec[0].split(".")[0] in ("train", "data", "runtime") and spec[0] not in ("train.stages", "data.unlabeled")}
+
+
 def _pretrain(args: argparse.Namespace) -> None:
     from graft.pretraining import pretrain
     from graft.recipe import Recipe
 
-    given = {key: getattr(args, flag[2:].replace("-", "_")) for flag, (key, _, _) in FIT_FLAGS.items() if flag != "--stages"}
+    given = {key: getattr(args, flag[2:].replace("-", "_")) for flag, (key, _, _) in _pretrain_flags().items()}
     given.update({"train.stages": None if args.epochs is None else f"all:{args.epochs}", "exemplar.classes": args.classes,
                   "exemplar.copies": args.copies, "exemplar.patch_size": args.patch_size})
     overrides = [f"{key}={json.dumps(value)}" for key, value in given.items() if value is not None] + args.set
