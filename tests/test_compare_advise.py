@@ -56,9 +56,10 @@ def test_a_route_that_cannot_run_fails_alone(toy_npz, source_run, tmp_path):
 def test_budget_watch_stops_a_run_that_would_overrun():
     import time
 
-    watch = _BudgetWatch(time.time(), 0.0)
+    watch = _BudgetWatch(time.time() - 1.0, 0.5)  # a budget of 0.5 s, started 1 s ago: used up
     with pytest.raises(BudgetStop, match="budget reached after epoch 3"):
         watch({"epoch": 3, "stage_name": "all"})
+    _BudgetWatch(time.time(), 3600.0)({"epoch": 1})  # budget left: goes on
     _BudgetWatch(time.time(), None)({"epoch": 1})  # no budget: never stops
 
 

@@ -5,7 +5,7 @@ backbone; seeds run round by round (every route's seed 0 before any seed 1), so 
 gives one result per route. Before each run its time is estimated from throughput measured on this
 machine (one timed inference batch and one timed training step), corrected by the ratio of measured
 to estimated time of the runs already done; a run that would overrun the budget is skipped, and a
-running one is stopped after the epoch that reaches it. Both are said in the leaderboard.
+running one is stopped at the end of the epoch that used the budget up. Both are said in the leaderboard.
 """
 from __future__ import annotations
 
@@ -165,6 +165,7 @@ def compare(data: Any, routes: Optional[Sequence[str]] = None, backbone: Optiona
     reporter.print(f"throughput: {1 / speed.infer:.0f} images/s inference, {1 / speed.train:.0f} images/s training; "
                    f"routes in order: {', '.join(order)}" + (f"; budget {limit:.0f} s" if limit else ""))
     correction: dict[bool, float] = {}
+    measured: dict[str, float] = {}
     entries: list[Entry] = []
     from graft.routes import FEATURES_ONLY
 
@@ -172,7 +173,8 @@ def compare(data: Any, routes: Optional[Sequence[str]] = None, backbone: Optiona
         for route in order:
             recipe = base.override([f"runtime.seed={seed}"])
             cheap = bool(FEATURES_ONLY.get(route))
-            estimate = estimate_seconds(route, recipe, sizes, speed) * correction.get(cheap, 1.0)
+            # a route that already ran is expected to take what it took; others by throughput, corrected by their kind's runs
+            estimate = measured.get(route) or estimate_seconds(route, recipe, sizes, speed) * correction.get(cheap, 1.0)
             elapsed = time.time() - started
             if limit is not None and elapsed + estimate > limit:
                 entries.append(Entry(route, seed, "skipped", estimate=estimate,
@@ -191,8 +193,9 @@ def compare(data: Any, routes: Optional[Sequence[str]] = None, backbone: Optiona
                 reporter.print(f"[yellow]{status}[/] {route} seed {seed}: {stop}")
                 continue
             seconds = round(time.time() - run_started, 1)
-            if estimate > 0:
-                correction[cheap] = seconds / (estimate / correction.get(cheap, 1.0))
+            if route not in measured:
+                correction[cheap] = seconds / max(estimate_seconds(route, recipe, sizes, speed), 1e-9)
+            measured[route] = seconds
             entries.append(Entry(route, seed, "done", run.metrics.get("test_accuracy"), seconds, round(estimate, 1), str(run.path),
                                  history=read_history(run.path)))
             reporter.print(f"{route} seed {seed}: test accuracy {_percent(entries[-1].test_accuracy)} in {seconds:.0f} s (estimated {estimate:.0f} s)")
@@ -205,15 +208,17 @@ def compare(data: Any, routes: Optional[Sequence[str]] = None, backbone: Optiona
 
 
 class _BudgetWatch:
-    """Epoch callback: stop when the next epoch (as long as the last one) would end past the budget."""
+    """Epoch callback: stop a run at the end of the epoch that used the budget up.
+
+    (A callback cannot tell a route's last epoch, so it does not stop early on a forecast: that could throw away a
+    run at its very end. Runs that would overrun are skipped before they start instead.)"""
 
     def __init__(self, started: float, limit: Optional[float]) -> None:
-        self.started, self.limit, self.last = started, limit, time.time()
+        self.started, self.limit = started, limit
 
     def __call__(self, record: dict[str, Any]) -> None:
         now = time.time()
-        epoch_seconds, self.last = now - self.last, now
-        if self.limit is not None and now - self.started + epoch_seconds > self.limit:
+        if self.limit is not None and now - self.started > self.limit:
             raise BudgetStop(f"budget reached after epoch {record.get('epoch')} of stage {record.get('stage_name')} "
                              f"({now - self.started:.0f} of {self.limit:.0f} s used)")
 
