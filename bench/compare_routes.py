@@ -88,7 +88,10 @@ def print_table(results: dict) -> None:
         for rank, row in enumerate(compared["leaderboard"], start=1):
             accuracy = "-" if not row["seeds"] else f"{100 * row['accuracy']:.1f}" + (f" ± {100 * row['std']:.1f}" if row["seeds"] > 1 else "")
             seconds = "-" if not row["seeds"] else f"{row['seconds']:.0f}"
-            print(f"| {rank} | {row['route']} | {accuracy} | {row['seeds']} | {seconds} | {row['notes'] or ''} |")
+            missed = [e for e in compared["entries"] if e["route"] == row["route"] and e["status"] != "done"]
+            notes = ", ".join(f"seed {e['seed']} {e['status']}" + (f" after {e['seconds']:.0f} s" if e["status"] == "stopped" else "")
+                              for e in missed)
+            print(f"| {rank} | {row['route']} | {accuracy} | {row['seeds']} | {seconds} | {notes} |")
         advice = results.get("advise", {}).get(task)
         if advice:
             winner = compared["leaderboard"][0]["route"]
