@@ -2,14 +2,18 @@
 PYTHON ?= python3
 PIP_INSTALL = $(PYTHON) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: install demo test bench
+.PHONY: install demo test bench browser
 install:
 	$(PIP_INSTALL) -e ".[test]"
+
+# headless Chromium for the report tests (Debian's package); skipped when already there
+browser:
+	@test -x /usr/bin/chromium || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 demo: install
 	graft demo
 
-test: install
+test: install browser
 	$(PYTHON) -m pytest -q
 
 bench: install

@@ -1,7 +1,8 @@
 """graft: every transfer-learning route for small image datasets, run side by side and explained.
 
 The API mirrors the CLI: ``graft.fit``, ``graft.grow``, ``graft.evaluate``, ``graft.predict``, ``graft.export``,
-``graft.load_run``, ``graft.demo``, ``graft.pretrain``, ``graft.evaluate_features``, ``graft.scenes``.
+``graft.load_run``, ``graft.demo``, ``graft.pretrain``, ``graft.evaluate_features``, ``graft.scenes``,
+``graft.analyze``, ``graft.compare``, ``graft.advise``.
 """
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = {"fit", "grow", "evaluate", "predict", "export", "load_run", "Recipe", "Run", "GraftError", "demo", "pretrain", "evaluate_features", "scenes"}
+_API = {"fit", "grow", "evaluate", "predict", "export", "load_run", "Recipe", "Run", "GraftError", "demo", "pretrain", "evaluate_features",
+        "scenes", "analyze", "compare", "advise"}
 
 
 def __getattr__(name: str) -> Any:  # lazy: `import graft` stays cheap and side-effect free

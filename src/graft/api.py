@@ -290,6 +290,25 @@ def scenes(objects: Any, out: str | Path, count: int = 200, size: int = 128, obj
     return build_scenes(objects, out, spec)
 
 
+def analyze(run: str | Path | Run, data: Any = None, out: Optional[str | Path] = None, units: Optional[Sequence[int]] = None,
+            count: int = 4, k: int = 8, max_images: int = 600, embedding: str = "auto", seed: int = 0, quiet: bool = True) -> Any:
+    """Analyse a finished run: embeddings before/after, top-k images of units, weight change, confusion, curves.
+
+    Writes PNGs and one self-contained ``report.html`` to ``out`` (default RUN/analysis) and returns the
+    :class:`graft.analysis.Analysis` (its ``report`` attribute is the HTML path).
+    """
+    from graft.analysis import analyse
+    from graft.report import write_analysis_report
+
+    run = run if isinstance(run, Run) else load_run(run)
+    reporter = Reporter(quiet=quiet)
+    result = analyse(run, data, units, count, k, max_images, embedding, seed, reporter)
+    folder = Path(out) if out else run.path / "analysis"
+    result.report = write_analysis_report(result, folder, f"graft analyze: {run.meta['route']} on {run.meta['backbone']} ({run.path.name})")
+    reporter.print(f"report: {result.report}")
+    return result
+
+
 def export(run: str | Path | Run, format: str = "onnx", out: Optional[str | Path] = None, atol: float = 1e-4) -> dict[str, Any]:
     """Export to ONNX or TorchScript and check the exported outputs match PyTorch's within ``atol``."""
     from graft.exporting import export_model
@@ -298,5 +317,9 @@ def export(run: str | Path | Run, format: str = "onnx", out: Optional[str | Path
     return export_model(run, format, Path(out) if out else None, atol)
 
 
-__all__ = ["fit", "grow", "evaluate", "predict", "export", "scenes", "load_run", "Recipe", "Run", "GraftError"]
+# `graft compare` and `graft advise` live in their own modules (they call fit and the feature cache)
+from graft.advice import advise  # noqa: E402
+from graft.comparison import compare  # noqa: E402
+
+__all__ = ["fit", "grow", "evaluate", "predict", "export", "scenes", "analyze", "compare", "advise", "load_run", "Recipe", "Run", "GraftError"]
 

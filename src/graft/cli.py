@@ -62,6 +62,12 @@ EXAMPLES = {
                 "  graft pretrain --resume runs/exemplar-exemplar-64c5-64c5-128f-20261123-120000\n"
                 "  graft fit target/ --route lpft --backbone run:runs/source",
     "features": "example:\n  graft features runs/exemplar-... train.npz --test test.npz --protocol exemplar",
+    "analyze": "example:\n  graft analyze runs/lpft-...                     # the run's own test set\n"
+               "  graft analyze runs/lpft-... test.npz --units 3,17 --top-k 12 --embedding tsne",
+    "compare": "example:\n  graft compare train.npz --test test.npz --routes linear,lpft,finetune --budget 20m --seeds 3 \\\n"
+               "      --backbone mobilenetv2_100 --weights mnv2.safetensors --image-size 96",
+    "advise": "example:\n  graft advise train.npz --backbone mobilenetv2_100 --weights mnv2.safetensors --image-size 96\n"
+              "  graft advise train.npz --test test.npz --backbone mobilenetv2_100 --weights mnv2.safetensors --compare --budget 20m",
     "scenes": "example:\n  graft scenes ../shared/datasets/cifar10_test.npz scenes/test --count 200 --size 128 --object-size 0.15 0.3 \\\n"
               "      --objects-per-scene 2 4 --background ../shared/datasets/imagenet_sample128.npz --seed 1\n"
               "  graft fit scenes/train --test scenes/test --route patches --backbone mobilenetv2_100 --weights mnv2.safetensors",
@@ -168,7 +174,93 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--objects-per-scene", type=int, nargs=2, default=[1, 3], metavar=("MIN", "MAX"))
     sc.add_argument("--background", default="texture", help="'texture' (generated) or DATA of photographs to crop")
     sc.add_argument("--seed", type=int, default=0)
+    an = command("analyze", "Embeddings before/after transfer, top-k images of units, per-layer weight change, "
+                            "confusion, per-class accuracy and curves of RUN, as PNGs and one self-contained report.html.")
+    an.add_argument("run")
+    an.add_argument("data", nargs="?", help="labelled DATA to analyse (default: the run's test set)")
+    an.add_argument("--out", help="output folder (default RUN/analysis)")
+    an.add_argument("--units", help="comma-separated units of the top representation layer (default: the most changed)")
+    an.add_argument("--count", type=int, default=4, help="how many units when --units is not given (default 4)")
+    an.add_argument("--top-k", type=int, default=8, help="images per unit (default 8)")
+    an.add_argument("--max-images", type=int, default=600, help="images embedded and searched, class-balanced (default 600)")
+    an.add_argument("--embedding", choices=["auto", "tsne", "umap"], default="auto", help="auto: UMAP when installed, else t-SNE")
+    an.add_argument("--seed", type=int, default=0)
+    an.add_argument("--quiet", action="store_true")
+
+    co = command("compare", "Run several routes on the same split under a time budget, cheapest first, and print a leaderboard.")
+    _add_compare_arguments(co)
+    co.add_argument("--routes", help="comma-separated routes (default: every registered route suited to single-label DATA)")
+    co.add_argument("--seeds", type=int, default=1, help="seeds per route (default 1)")
+
+    ad = command("advise", "Measure labelled images per class and closeness to the backbone's source, and recommend a route "
+                           "from the size x similarity matrix.")
+    _add_compare_arguments(ad)
+    ad.add_argument("--seed", type=int, default=0, help="seed of the small measuring split (the advice is stable for a seed)")
+    ad.add_argument("--per-class", type=int, default=100, help="images per class in the measuring split (default 100)")
+    ad.add_argument("--json", action="store_true", help="print the advice as one JSON object")
+    ad.add_argument("--compare", action="store_true", help="then run the top candidates with `graft compare`")
+    ad.add_argument("--top", type=int, default=3, help="how many candidates --compare runs (default 3)")
+    ad.add_argument("--seeds", type=int, default=1, help="seeds per route for --compare (default 1)")
     return parser
+
+
+def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments `graft compare` and `graft advise --compare` share."""
+    parser.add_argument("data", help="labelled DATA (folder, CSV or .npz)")
+    parser.add_argument("--backbone", help="timm name, tv:NAME, a graft net or run:PATH")
+    parser.add_argument("--weights", help=".safetensors/.pth state dict or a graft run directory")
+    parser.add_argument("--val", help="validation DATA (default: split off the training data)")
+    parser.add_argument("--test", help="test DATA (default: split off the training data)")
+    parser.add_argument("--budget", help="time budget for all runs, e.g. 20m, 90s, 1.5h (default: none)")
+    parser.add_argument("--image-size", type=int, help="input side in pixels [data.image_size]")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any recipe key, for every run")
+    parser.add_argument("--out", help="comparison folder (default runs/compare-TIME)")
+    parser.add_argument("--quiet", action="store_true")
+
+
+def _compare_overrides(args: argparse.Namespace) -> list[str]:
+    return ([f"data.image_size={args.image_size}"] if args.image_size else []) + args.set
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from graft.comparison import compare, print_leaderboard
+
+    routes = [r.strip() for r in args.routes.split(",") if r.strip()] if args.routes else None
+    comparison = compare(args.data, routes, args.backbone, args.weights, val=args.val, test=args.test, seeds=args.seeds,
+                         budget=args.budget, out=args.out, overrides=_compare_overrides(args), quiet=args.quiet)
+    print_leaderboard(comparison)
+    print(f"report: {comparison.report}")
+
+
+def _analyze(args: argparse.Namespace) -> None:
+    from graft.api import analyze
+
+    units = [int(u) for u in args.units.split(",")] if args.units else None
+    result = analyze(args.run, args.data, args.out, units, args.count, args.top_k, args.max_images, args.embedding, args.seed, args.quiet)
+    print(result.report)
+
+
+def _advise(args: argparse.Namespace) -> None:
+    from graft.advice import advise
+
+    advice = advise(args.data, args.backbone, args.weights, val=args.val, per_class=args.per_class, seed=args.seed,
+                    overrides=_compare_overrides(args), quiet=args.quiet)
+    if args.json:
+        print(json.dumps(advice.to_dict()))
+    else:
+        from rich.console import Console
+
+        console = Console()
+        console.print(f"[bold]{advice.size} + {advice.similarity}[/]: try {', '.join(advice.routes)} (in this order)")
+        console.print(f"measured: {advice.measured}")
+        console.print(f"why: {advice.reason}")
+    if args.compare:
+        from graft.comparison import compare, print_leaderboard
+
+        comparison = compare(args.data, advice.routes[: args.top], args.backbone, args.weights, val=args.val, test=args.test,
+                             seeds=args.seeds, budget=args.budget, out=args.out, overrides=_compare_overrides(args), quiet=args.quiet)
+        print_leaderboard(comparison)
+        print(f"report: {comparison.report}")
 
 
 def _scenes(args: argparse.Namespace) -> None:
@@ -307,7 +399,8 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
-    "fit": _fit, "grow": _grow, "evaluate": _evaluate, "predict": _predict, "export": _export, "demo": _demo, "pretrain": _pretrain, "features": _features, "scenes": _scenes}
+    "fit": _fit, "grow": _grow, "evaluate": _evaluate, "predict": _predict, "export": _export, "demo": _demo, "pretrain": _pretrain, "features": _features, "scenes": _scenes,
+    "analyze": _analyze, "compare": _compare, "advise": _advise}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

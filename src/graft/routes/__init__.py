@@ -14,17 +14,22 @@ RouteFn = Callable[[Context], RouteResult]
 ROUTES: dict[str, RouteFn] = {}
 USES_PRETRAINED: dict[str, bool] = {}  # False: the route starts from random weights (scratch)
 USES_UNLABELED: dict[str, bool] = {}  # True: the route learns from --unlabeled images (pseudo, distill)
+# True: only a head trains, on cached frozen features (no backbone training): `graft compare` runs these first
+FEATURES_ONLY: dict[str, bool] = {}
 _MODULES = ("linear", "finetune", "lpft", "scratch", "adapt", "pseudo", "distill", "patches", "grow")
 
 
-def register_route(name: str, pretrained: bool = True, unlabeled: bool = False) -> Callable[[RouteFn], RouteFn]:
+def register_route(name: str, pretrained: bool = True, unlabeled: bool = False,
+                   features_only: bool = False) -> Callable[[RouteFn], RouteFn]:
     """Register ``function`` as route ``name``; ``pretrained=False`` for routes that start from random weights,
-    ``unlabeled=True`` for routes that use ``--unlabeled`` images."""
+    ``unlabeled=True`` for routes that use ``--unlabeled`` images, ``features_only=True`` for routes that train
+    only a head on cached features (cheap: `graft compare` runs them first)."""
 
     def decorate(function: RouteFn) -> RouteFn:
         ROUTES[name] = function
         USES_PRETRAINED[name] = pretrained
         USES_UNLABELED[name] = unlabeled
+        FEATURES_ONLY[name] = features_only
         return function
 
     return decorate
@@ -42,4 +47,5 @@ def get_route(name: str) -> RouteFn:
     return ROUTES[name]
 
 
-__all__ = ["Context", "RouteResult", "ROUTES", "USES_PRETRAINED", "USES_UNLABELED", "get_route", "register_route", "route_names"]
+__all__ = ["Context", "RouteResult", "ROUTES", "USES_PRETRAINED", "USES_UNLABELED", "FEATURES_ONLY", "get_route", "register_route",
+           "route_names"]

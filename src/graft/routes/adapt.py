@@ -37,7 +37,7 @@ def score_function(features: np.ndarray, images: ImageSet) -> tuple[Callable[[nn
     return (lambda head: float((head_logits(head, features).argmax(1) == images.labels).mean())), "val_accuracy"
 
 
-@register_route("adapt")
+@register_route("adapt", features_only=True)
 def adapt(context: Context) -> RouteResult:
     config, recipe = context.recipe.adapt, context.recipe
     model = context.model()

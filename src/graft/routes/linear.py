@@ -40,7 +40,7 @@ def probe_model(context: Context, model: nn.Module, pool_validation: bool) -> tu
     return probe, info
 
 
-@register_route("linear")
+@register_route("linear", features_only=True)
 def linear(context: Context) -> RouteResult:
     model = context.model()
     before = weights_hash(model)

@@ -1,0 +1,285 @@
+"""``graft compare``: several routes on the same split under a time budget, cheapest first, with a leaderboard.
+
+Order: routes registered ``features_only`` (a head on cached features) before routes that train the
+backbone; seeds run round by round (every route's seed 0 before any seed 1), so a tight budget still
+gives one result per route. Before each run its time is estimated from throughput measured on this
+machine (one timed inference batch and one timed training step), corrected by the ratio of measured
+to estimated time of the runs already done; a run that would overrun the budget is skipped, and a
+running one is stopped at the end of the epoch that used the budget up. Both are said in the leaderboard.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from graft.console import Reporter
+from graft.errors import GraftError
+
+
+class BudgetStop(Exception):
+    """Raised by the epoch callback when the next epoch would overrun the budget."""
+
+
+@dataclass
+class Entry:
+    """One (route, seed) of a comparison. ``status``: done, skipped (before it started), stopped (budget reached) or failed."""
+
+    route: str
+    seed: int
+    status: str
+    test_accuracy: Optional[float] = None
+    seconds: float = 0.0
+    estimate: float = 0.0
+    run: Optional[str] = None
+    reason: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Comparison:
+    entries: list[Entry]
+    leaderboard: list[dict[str, Any]]
+    budget: Optional[float]
+    seconds: float
+    folder: Path
+    report: Optional[Path] = None
+
+
+def parse_budget(text: Optional[str | float]) -> Optional[float]:
+    """'20m' / '90s' / '1.5h' / '1200' -> seconds (None: no budget)."""
+    if text is None or isinstance(text, (int, float)):
+        return None if text is None else float(text)
+    units = {"s": 1, "m": 60, "h": 3600}
+    value, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(value) * units[unit]
+    except ValueError:
+        raise GraftError(f"budget '{text}' is not a duration; e.g. --budget 20m, 90s or 1.5h") from None
+    if seconds <= 0:
+        raise GraftError(f"budget '{text}' must be positive")
+    return seconds
+
+
+def default_routes() -> list[str]:
+    """Registered routes suited to plain single-label DATA: those needing no unlabelled images or teacher."""
+    from graft.routes import USES_UNLABELED, route_names
+
+    return [n for n in route_names() if not USES_UNLABELED.get(n, False) and n != "patches"]
+
+
+def order_routes(routes: Sequence[str]) -> list[str]:
+    """Cached-feature routes first, then the rest, each in the given order."""
+    from graft.routes import FEATURES_ONLY, route_names
+
+    known = route_names()
+    unknown = [r for r in routes if r not in known]
+    if unknown:
+        raise GraftError(f"unknown route(s) {unknown}; choose from {', '.join(known)}")
+    return sorted(dict.fromkeys(routes), key=lambda r: 0 if FEATURES_ONLY.get(r) else 1)
+
+
+@dataclass
+class Throughput:
+    """Seconds per image on this machine: inference (eval mode, no grad) and one training step (forward + backward)."""
+
+    infer: float
+    train: float
+
+
+def measure_throughput(recipe: Any, images: Any, batch: int = 32) -> Throughput:
+    """Time one inference batch and one training step of the recipe's backbone on ``batch`` of ``images`` (after a warm-up)."""
+    import timm
+
+    from graft.backbones import create_model
+    from graft.data.transforms import TransformedImages, eval_transform, resolve_preprocessing
+
+    model = create_model(recipe.model.backbone, len(images.classes), weights=recipe.model.weights, pretrained=recipe.model.pretrained)
+    pre = resolve_preprocessing(timm.data.resolve_model_data_config(model), recipe.data)
+    data = TransformedImages(images, eval_transform(pre))
+    x = torch.stack([data[i][0] for i in range(min(batch, len(images)))])
+    y = torch.zeros(len(x), dtype=torch.long)
+    if recipe.model.channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    timings = []
+    for train in (False, True):
+        model.train(train)
+        for attempt in range(2):  # the first pass warms up allocators and kernels
+            started = time.perf_counter()
+            if train:
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+            else:
+                with torch.inference_mode():
+                    model(x)
+            elapsed = time.perf_counter() - started
+        timings.append(elapsed / len(x))
+    return Throughput(*timings)
+
+
+def estimate_seconds(route: str, recipe: Any, sizes: dict[str, int], speed: Throughput) -> float:
+    """Expected seconds of one run: features of every image for cached-feature routes; otherwise every epoch
+    of the recipe's stages over the training images plus validation, and the test images once."""
+    from graft.routes import FEATURES_ONLY
+    from graft.train.groups import parse_stages
+
+    everything = sum(sizes.values()) * speed.infer
+    if FEATURES_ONLY.get(route):
+        return everything
+    epochs = sum(s.epochs for s in parse_stages(recipe.train.stages))
+    return everything + epochs * (sizes["train"] * speed.train + sizes["val"] * speed.infer)
+
+
+def compare(data: Any, routes: Optional[Sequence[str]] = None, backbone: Optional[str] = None, weights: Optional[str] = None, *,
+            val: Any = None, test: Any = None, seeds: int = 1, budget: Optional[str | float] = None, out: Optional[str | Path] = None,
+            overrides: Sequence[str] = (), quiet: bool = False) -> Comparison:
+    """Run ``routes`` (default: :func:`default_routes`) for ``seeds`` seeds on the same split of ``data``; return the leaderboard.
+
+    Writes each run plus ``leaderboard.json`` and a self-contained ``report.html`` to ``out``.
+    """
+    from graft.analysis import read_history
+    from graft.api import fit, make_splits, resolve_recipe
+    from graft.runs import partial_path
+
+    limit = parse_budget(budget)
+    reporter = Reporter(quiet=quiet)
+    order = order_routes(list(routes) if routes else default_routes())
+    if seeds < 1:
+        raise GraftError(f"--seeds must be at least 1, got {seeds}")
+    folder = Path(out) if out else Path("runs") / time.strftime("compare-%Y%m%d-%H%M%S")
+    if folder.exists() and any(folder.iterdir()):
+        raise GraftError(f"{folder}: comparison folder exists and is not empty; choose another --out")
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    base = resolve_recipe(None, overrides, **{"model.backbone": backbone, "model.weights": weights, "data.train": _path(data),
+                                              "data.val": _path(val), "data.test": _path(test)})
+    train, val_set, test_set = make_splits(base, reporter)
+    sizes = {"train": len(train), "val": 0 if val_set is None else len(val_set), "test": 0 if test_set is None else len(test_set)}
+    speed = measure_throughput(base, train)
+    reporter.print(f"throughput: {1 / speed.infer:.0f} images/s inference, {1 / speed.train:.0f} images/s training; "
+                   f"routes in order: {', '.join(order)}" + (f"; budget {limit:.0f} s" if limit else ""))
+    correction: dict[bool, float] = {}
+    measured: dict[str, float] = {}
+    entries: list[Entry] = []
+    from graft.routes import FEATURES_ONLY
+
+    for seed in range(seeds):
+        for route in order:
+            recipe = base.override([f"runtime.seed={seed}"])
+            cheap = bool(FEATURES_ONLY.get(route))
+            # a route that already ran is expected to take what it took; others by throughput, corrected by their kind's runs
+            estimate = measured.get(route) or estimate_seconds(route, recipe, sizes, speed) * correction.get(cheap, 1.0)
+            elapsed = time.time() - started
+            if limit is not None and elapsed + estimate > limit:
+                entries.append(Entry(route, seed, "skipped", estimate=estimate,
+                                     reason=f"estimated {estimate:.0f} s, {max(limit - elapsed, 0):.0f} s of the budget left"))
+                reporter.print(f"[yellow]skip[/] {route} seed {seed}: {entries[-1].reason}")
+                continue
+            target = folder / f"{route}-s{seed}"
+            watch = _BudgetWatch(started, limit)
+            run_started = time.time()
+            try:
+                run = fit(data, route=route, recipe=recipe, val=val, test=test, out=target, quiet=True, callbacks=[watch])
+            except (BudgetStop, GraftError) as stop:  # a route that cannot run on this data fails alone; the others go on
+                shutil.rmtree(partial_path(target), ignore_errors=True)
+                status = "stopped" if isinstance(stop, BudgetStop) else "failed"
+                entries.append(Entry(route, seed, status, seconds=round(time.time() - run_started, 1), estimate=estimate, reason=str(stop)))
+                reporter.print(f"[yellow]{status}[/] {route} seed {seed}: {stop}")
+                continue
+            seconds = round(time.time() - run_started, 1)
+            if route not in measured:
+                correction[cheap] = seconds / max(estimate_seconds(route, recipe, sizes, speed), 1e-9)
+            measured[route] = seconds
+            entries.append(Entry(route, seed, "done", run.metrics.get("test_accuracy"), seconds, round(estimate, 1), str(run.path),
+                                 history=read_history(run.path)))
+            reporter.print(f"{route} seed {seed}: test accuracy {_percent(entries[-1].test_accuracy)} in {seconds:.0f} s (estimated {estimate:.0f} s)")
+    comparison = Comparison(entries, leaderboard(entries, order), limit, round(time.time() - started, 1), folder)
+    (folder / "leaderboard.json").write_text(json.dumps({"leaderboard": comparison.leaderboard, "budget_seconds": limit,
+                                                         "seconds": comparison.seconds, "sizes": sizes, "throughput": asdict(speed),
+                                                         "entries": [asdict(e) for e in entries]}, indent=1, default=str))
+    comparison.report = write_comparison_report(comparison, f"graft compare: {Path(str(data)).name} on {base.model.backbone}")
+    return comparison
+
+
+class _BudgetWatch:
+    """Epoch callback: stop a run at the end of the epoch that used the budget up.
+
+    (A callback cannot tell a route's last epoch, so it does not stop early on a forecast: that could throw away a
+    run at its very end. Runs that would overrun are skipped before they start instead.)"""
+
+    def __init__(self, started: float, limit: Optional[float]) -> None:
+        self.started, self.limit = started, limit
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        now = time.time()
+        if self.limit is not None and now - self.started > self.limit:
+            raise BudgetStop(f"budget reached after epoch {record.get('epoch')} of stage {record.get('stage_name')} "
+                             f"({now - self.started:.0f} of {self.limit:.0f} s used)")
+
+
+def leaderboard(entries: Sequence[Entry], order: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per route: mean ± std test accuracy over finished seeds, mean seconds, what was skipped or stopped; best first."""
+    rows = []
+    for route in order:
+        mine = [e for e in entries if e.route == route]
+        done = [e for e in mine if e.status == "done" and e.test_accuracy is not None]
+        accuracies = [e.test_accuracy for e in done]
+        notes = [f"seed {e.seed} {e.status}: {e.reason}" for e in mine if e.status != "done"]
+        rows.append({"route": route, "accuracy": statistics.mean(accuracies) if accuracies else float("nan"),
+                     "std": statistics.stdev(accuracies) if len(accuracies) > 1 else (0.0 if accuracies else float("nan")),
+                     "seeds": len(done), "seconds": statistics.mean([e.seconds for e in done]) if done else float("nan"),
+                     "notes": "; ".join(notes)})
+    return sorted(rows, key=lambda r: -r["accuracy"] if r["accuracy"] == r["accuracy"] else np.inf)
+
+
+def _percent(value: Optional[float]) -> str:
+    return "-" if value is None or value != value else f"{100 * value:.1f}%"
+
+
+def _path(value: Any) -> Any:
+    return None if value is None else str(value)
+
+
+def leaderboard_rows(comparison: Comparison) -> list[dict[str, Any]]:
+    """The leaderboard as printed: accuracy 'mean ± std' in percent."""
+    return [{"rank": i + 1, "route": r["route"],
+             "test accuracy": "-" if r["seeds"] == 0 else f"{100 * r['accuracy']:.1f} ± {100 * r['std']:.1f}" if r["seeds"] > 1 else _percent(r["accuracy"]),
+             "seeds": r["seeds"], "seconds per run": "-" if r["seeds"] == 0 else f"{r['seconds']:.0f}", "notes": r["notes"]}
+            for i, r in enumerate(comparison.leaderboard)]
+
+
+def print_leaderboard(comparison: Comparison, console: Any = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    budget = f", budget {comparison.budget:.0f} s" if comparison.budget else ""
+    board = Table(title=f"leaderboard ({comparison.seconds:.0f} s in all{budget})")
+    rows = leaderboard_rows(comparison)
+    for column in rows[0] if rows else []:
+        board.add_column(column, justify="left" if column in ("route", "notes") else "right")
+    for row in rows:
+        board.add_row(*[str(v) for v in row.values()])
+    (console or Console()).print(board)
+
+
+def write_comparison_report(comparison: Comparison, title: str) -> Path:
+    """report.html: the leaderboard (``<table id="leaderboard">``) and every route's curves (first seed) on one chart."""
+    from graft.report import plot_route_curves, save_figure, table, write_html
+
+    histories = {}
+    for entry in comparison.entries:
+        if entry.status == "done" and entry.history and entry.route not in histories:
+            histories[entry.route] = entry.history
+    images = [save_figure(plot_route_curves(histories), comparison.folder / "curves.png")] if histories else []
+    runs = [{"route": e.route, "seed": e.seed, "status": e.status, "test accuracy": e.test_accuracy if e.test_accuracy is not None else float("nan"),
+             "seconds": e.seconds, "estimated seconds": round(e.estimate, 1), "run or reason": e.run or e.reason} for e in comparison.entries]
+    sections = [("Leaderboard", table(leaderboard_rows(comparison), id="leaderboard")), ("Runs", table(runs))]
+    if not histories:
+        sections.append(("Curves", "<p>no route trained in epochs, so there are no curves</p>"))
+    return write_html(comparison.folder / "report.html", title, sections, images)

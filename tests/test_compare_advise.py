@@ -1,0 +1,116 @@
+"""graft compare (same split, cheapest first, budget, leaderboard, report in Chromium) and graft advise (measurements, stability)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import graft
+from graft.advice import feature_shift
+from graft.comparison import BudgetStop, Entry, _BudgetWatch, leaderboard, parse_budget
+from graft.errors import GraftError
+
+from chromium import needs_chromium, open_in_chromium
+from conftest import FAST
+
+STAGES = "train.stages=new:1,all:2"
+
+
+@needs_chromium
+def test_compare_runs_cheapest_first_on_one_split_and_reports(toy_npz, source_run, tmp_path):
+    comparison = graft.compare(toy_npz, ["finetune", "linear"], "graft_convnet_s", str(source_run.path), seeds=2,
+                               out=tmp_path / "cmp", overrides=[*FAST, STAGES], quiet=True)
+    assert [(e.route, e.seed, e.status) for e in comparison.entries] == [
+        ("linear", 0, "done"), ("finetune", 0, "done"), ("linear", 1, "done"), ("finetune", 1, "done")]
+    # every route of a seed saw the same test images
+    for seed in (0, 1):
+        counts = {json.loads((tmp_path / "cmp" / f"{r}-s{seed}" / "model.json").read_text())["metrics"]["test_count"] for r in ("linear", "finetune")}
+        assert len(counts) == 1
+    for row in comparison.leaderboard:
+        accuracies = [e.test_accuracy for e in comparison.entries if e.route == row["route"]]
+        assert row["seeds"] == 2 and row["accuracy"] == pytest.approx(np.mean(accuracies))
+        assert row["std"] == pytest.approx(np.std(accuracies, ddof=1))
+    assert comparison.leaderboard[0]["accuracy"] >= comparison.leaderboard[1]["accuracy"]
+    dom, count, loaded = open_in_chromium(comparison.report)
+    assert count == 1 and loaded == 1  # the curves of all routes on one chart
+    assert '<table id="leaderboard">' in dom and "finetune" in dom and "linear" in dom
+
+
+def test_compare_skips_what_would_overrun_the_budget(toy_npz, source_run, tmp_path):
+    comparison = graft.compare(toy_npz, ["linear", "finetune"], "graft_convnet_s", str(source_run.path), budget=1e-6,
+                               out=tmp_path / "cmp", overrides=[*FAST, STAGES], quiet=True)
+    assert [e.status for e in comparison.entries] == ["skipped", "skipped"]
+    assert all("budget" in e.reason and e.estimate > 0 for e in comparison.entries)
+    assert all(row["seeds"] == 0 and "skipped" in row["notes"] for row in comparison.leaderboard)
+    assert not list((tmp_path / "cmp").glob("*-s0"))  # nothing was started
+
+
+def test_a_route_that_cannot_run_fails_alone(toy_npz, source_run, tmp_path):
+    comparison = graft.compare(toy_npz, ["pseudo", "linear"], "graft_convnet_s", str(source_run.path), out=tmp_path / "cmp",
+                               overrides=FAST, quiet=True)  # pseudo needs unlabelled images that were not given
+    assert [(e.route, e.status) for e in comparison.entries] == [("linear", "done"), ("pseudo", "failed")]
+    assert "unlabel" in comparison.entries[1].reason and comparison.leaderboard[0]["route"] == "linear"
+    assert not (tmp_path / "cmp" / "pseudo-s0").exists() and not (tmp_path / "cmp" / ".pseudo-s0.partial").exists()
+
+
+def test_budget_watch_stops_a_run_that_would_overrun():
+    import time
+
+    watch = _BudgetWatch(time.time() - 1.0, 0.5)  # a budget of 0.5 s, started 1 s ago: used up
+    with pytest.raises(BudgetStop, match="budget reached after epoch 3"):
+        watch({"epoch": 3, "stage_name": "all"})
+    _BudgetWatch(time.time(), 3600.0)({"epoch": 1})  # budget left: goes on
+    _BudgetWatch(time.time(), None)({"epoch": 1})  # no budget: never stops
+
+
+def test_parse_budget_and_leaderboard_from_hand_made_entries():
+    assert parse_budget("20m") == 1200 and parse_budget("90s") == 90 and parse_budget("1.5h") == 5400 and parse_budget("30") == 30
+    with pytest.raises(GraftError, match="not a duration"):
+        parse_budget("soon")
+    entries = [Entry("a", 0, "done", 0.5, 10), Entry("a", 1, "done", 0.7, 20), Entry("b", 0, "done", 0.9, 5),
+               Entry("b", 1, "stopped", reason="budget"), Entry("c", 0, "skipped", reason="estimated 99 s")]
+    rows = leaderboard(entries, ["a", "b", "c"])
+    assert [r["route"] for r in rows] == ["b", "a", "c"]
+    assert rows[1]["accuracy"] == pytest.approx(0.6) and rows[1]["std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    assert rows[1]["seconds"] == 15 and rows[0]["seeds"] == 1 and "seed 1 stopped" in rows[0]["notes"]
+    assert rows[2]["seeds"] == 0 and "skipped" in rows[2]["notes"]
+
+
+def test_unknown_route_is_refused_before_anything_runs(toy_npz, tmp_path):
+    with pytest.raises(GraftError, match="unknown route"):
+        graft.compare(toy_npz, ["linear", "nope"], "graft_convnet_s", out=tmp_path / "c")
+
+
+def test_feature_shift_against_hand_set_source_statistics():
+    norm = torch.nn.BatchNorm2d(2, eps=0.0)
+    norm.running_mean.copy_(torch.tensor([1.0, -2.0]))
+    norm.running_var.copy_(torch.tensor([4.0, 1.0]))
+    model = torch.nn.Sequential(norm)
+    batch = torch.zeros(2, 2, 3, 3)
+    batch[:, 0] = 1.0  # channel 0 at the source mean: shift 0
+    batch[:, 1] = 1.0  # channel 1 three source standard deviations away
+    assert feature_shift(model, [batch]) == pytest.approx((0 + 3) / 2)
+    assert feature_shift(torch.nn.Sequential(torch.nn.Conv2d(2, 2, 1)), [batch]) is None
+
+
+def test_advice_is_stable_for_a_fixed_seed(toy_npz, source_run):
+    first = graft.advise(toy_npz, "graft_convnet_s", str(source_run.path), per_class=20, seed=3, overrides=FAST)
+    again = graft.advise(toy_npz, "graft_convnet_s", str(source_run.path), per_class=20, seed=3, overrides=FAST)
+    assert first.to_dict() == again.to_dict()
+    assert first.images_per_class == {"red": 30, "green": 30, "blue": 30} and first.size == "small"
+    assert first.split == {"fit": 30, "score": 30}
+    assert first.probe_accuracy > 0.6  # the source network separates its own classes
+    assert first.routes and first.routes[0] in ("linear", "lpft") and "per class" in first.reason
+
+
+def test_cli_advise_compare_runs_the_top_candidate(toy_npz, source_run, tmp_path, capsys):
+    from graft.cli import main
+
+    sets = [item for override in FAST for item in ("--set", override)]
+    main(["advise", str(toy_npz), "--backbone", "graft_convnet_s", "--weights", str(source_run.path), "--per-class", "20", "--json",
+          "--compare", "--top", "1", "--out", str(tmp_path / "cmp"), "--quiet", *sets])
+    out = capsys.readouterr().out
+    advice = json.loads(out.splitlines()[0])
+    board = json.loads((tmp_path / "cmp" / "leaderboard.json").read_text())["leaderboard"]
+    assert [row["route"] for row in board] == advice["routes"][:1] and board[0]["seeds"] == 1
+    assert "leaderboard" in out and "report:" in out
