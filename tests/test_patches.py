@@ -85,6 +85,9 @@ def test_patches_on_scenes_beats_chance_and_evaluate_agrees(scene_sets, source_r
     assert run.metrics["test_mAP"] > chance_map(test) + 0.25
     assert info["backbone_unchanged"] and info["trained_on"] == "cached window features" and info["background_windows"] > 0
     assert graft.evaluate(run.path, test / "annotations.json").mean_ap == pytest.approx(run.metrics["test_mAP"], abs=1e-5)
+    # predict gives the power mean (mean_i p^k)^(1/k) of the windows: a probability
+    top = graft.predict(run.path, [str(p) for p in sorted((test / "JPEGImages").glob("*.png"))[:3]], top_k=3)
+    assert all(0 < t["probability"] <= 1 for result in top for t in result["top"])
     sampled = graft.fit(train, test=test, route="patches", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "s",
                         quiet=True, overrides=[*PATCH_FAST, "patches.reweight=sampling"])
     assert sampled.metrics["test_mAP"] > chance_map(test) + 0.25

@@ -265,9 +265,12 @@ def predict(run: str | Path | Run, images: Sequence[str | Path] | ImageSet, top_
                 raise GraftError(f"{path}: image not found; give existing image files")
         images = ImageSet(run.classes, np.full(len(paths), -1, np.int64), paths=paths, origin="predict")
     scores = torch.from_numpy(run_scores(run, images))
-    # multi-label runs score each class on its own (sigmoid; patches: aggregated window probabilities)
-    probabilities = (scores if run.meta["route"] == "patches" else torch.sigmoid(scores) if run.meta.get("multilabel")
-                     else torch.softmax(scores, 1)).numpy()
+    # multi-label runs score each class on its own (sigmoid); patches runs give (mean_i p^k)^(1/k), the power mean of
+    # their windows' probabilities: on the probability scale, and ranked as the mean_i p^k that evaluate uses
+    if run.meta["route"] == "patches":
+        probabilities = (scores ** (1.0 / run.meta["recipe"]["patches"]["k"])).numpy()
+    else:
+        probabilities = (torch.sigmoid(scores) if run.meta.get("multilabel") else torch.softmax(scores, 1)).numpy()
     k = min(top_k, len(run.classes))
     names = [str(p) for p in images.paths] if images.paths else [f"{images.origin}[{i}]" for i in range(len(images))]
     results = []
