@@ -18,6 +18,8 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
+from graft.backbones.small import LinearHead
+
 
 def _cfg(size: int) -> dict[str, Any]:
     return {"num_classes": 10, "input_size": (3, size, size), "pool_size": None, "crop_pct": 1.0,
@@ -41,7 +43,7 @@ def fully_connected(inputs: int, outputs: int, drop_rate: float) -> nn.Sequentia
     return nn.Sequential(nn.Linear(inputs, outputs), nn.ReLU(inplace=True), nn.Dropout(drop_rate))
 
 
-class AlexNetSmall(nn.Module):
+class AlexNetSmall(LinearHead, nn.Module):
     """Five conv layers, ``fc6``, ``fc7``, ``head``; any input of at least 8 px (32 px nets) or 16 px (64 px nets)."""
 
     def __init__(self, widths: tuple[int, int, int, int, int] = (48, 96, 128, 128, 96), fc_width: int = 512,
@@ -63,13 +65,6 @@ class AlexNetSmall(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Groups bottom to top: conv1 .. conv5, fc6, fc7 (so ``top-1`` = fc7, ``top-2`` = fc6 + fc7)."""
         return {"stem": r"^conv1\.", "blocks": [(r"^conv(\d+)\.", None), (r"^fc(\d+)\.", None)]}
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, C5, H', W') conv5 map."""

@@ -13,6 +13,8 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
+from graft.backbones.small import LinearHead
+
 ARCHITECTURES: dict[str, tuple[tuple[int, ...], int]] = {
     "exemplar_64c5_64c5_128f": ((64, 64), 128),
     "exemplar_64c5_128c5_256c5_512f": ((64, 128, 256), 512),
@@ -33,7 +35,7 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
 default_cfgs = generate_default_cfgs({f"{name}.untrained": _cfg() for name in ARCHITECTURES})
 
 
-class ExemplarNet(nn.Module):
+class ExemplarNet(LinearHead, nn.Module):
     """Conv(5x5)-ReLU blocks, 2x2 max-pool after the first two, FC-ReLU-dropout, classifier.
 
     Input (B, 3, H, W). ``forward_features`` -> (B, widths[-1], H/4, W/4). The FC layer sees the map
@@ -62,13 +64,6 @@ class ExemplarNet(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         # one group per convolution, then the FC layer: top-1 trains FC (and the head), top-2 adds the last conv
         return {"stem": r"^convs\.0\.", "blocks": r"^convs\.(\d+)", "fc": r"^fc"}
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.convs(x)

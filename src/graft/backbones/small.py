@@ -28,7 +28,20 @@ def _block(inputs: int, outputs: int, pool: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class ConvNet(nn.Module):
+class LinearHead:
+    """timm's classifier interface for graft's nets: one ``head`` Linear on ``num_features`` (Identity for 0 classes)."""
+
+    num_features: int
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
+class ConvNet(LinearHead, nn.Module):
     """A plain VGG-style net: 3x3 conv-BN-ReLU blocks, 2x2 max-pool after all but the last, global average pool.
 
     Input (B, 3, H, W) with H, W >= 2**(len(widths)-1); features (B, widths[-1]).
@@ -46,13 +59,6 @@ class ConvNet(nn.Module):
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return {"stem": r"^stem", "blocks": r"^blocks\.(\d+)"}
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.stem(x))
