@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import MOBILENET, SHARED, require_shared, save, subset_npz
+from common import EPOCHS_AS_GIVEN, MOBILENET, SHARED, require_shared, save, subset_npz
 
 # (budget, stages): fewer epochs than graft's default (new:1,all:9) so that every route and some seeds fit the
 # budget on one shared CPU thread: Pneumonia has 4,708 training images (2 epochs), CIFAR-10 850 (6 epochs)
@@ -58,7 +58,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="graft-compare-"))
     os.environ.setdefault("GRAFT_CACHE", str(work / "cache"))
     common = dict(backbone="mobilenetv2_100", weights=str(MOBILENET))
-    overrides = [f"data.image_size={args.image_size}", "data.test_fraction=0"]
+    overrides = [f"data.image_size={args.image_size}", "data.test_fraction=0", EPOCHS_AS_GIVEN]
     for task in args.tasks:
         files = task_data(task, work)
         if task not in results["compare"] and not args.advise_only:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import MOBILENET, SHARED, mean_std, require_shared, save
+from common import EPOCHS_AS_GIVEN, MOBILENET, SHARED, mean_std, require_shared, save
 
 RESULTS = Path(__file__).parent / "results"
 ROWS = {"fine-tune": ("finetune", []), "DA": ("grow-depth", []), "DA, norm": ("grow-depth", ["grow.normalize=true"]),
@@ -69,7 +69,8 @@ def source_run(work: Path, epochs: int) -> Path:
         clear(path)
         files = task_files("source", 0, work)
         graft.fit(files["data"], route="scratch", backbone="graft_alexnet_32", test=files["test"], out=path, quiet=True,
-                  overrides=[f"train.stages=all:{epochs}", "data.test_fraction=0", "data.val_fraction=0.1", "train.augment.preset=flip"])
+                  overrides=[f"train.stages=all:{epochs}", "data.test_fraction=0", "data.val_fraction=0.1", "train.augment.preset=flip",
+                             EPOCHS_AS_GIVEN])
     return path
 
 
@@ -79,7 +80,7 @@ LR = {"a": 0.01, "b": 0.01, "b-lr": 0.001}  # new layers; pretrained ones at lr/
 def common_overrides(transfer: str, seed: int, epochs: int) -> list[str]:
     size = 32 if transfer == "a" else 64
     return [f"data.image_size={size}", f"grow.lr={LR[transfer]}", "data.test_fraction=0", "data.val_fraction=0", "data.batch_size=32", f"runtime.seed={seed}",
-            "train.augment.preset=flip", f"grow.epochs={epochs}", f"grow.step_epochs={max(1, 2 * epochs // 3)}"]
+            "train.augment.preset=flip", f"grow.epochs={epochs}", f"grow.step_epochs={max(1, 2 * epochs // 3)}", EPOCHS_AS_GIVEN]
 
 
 def cell(transfer: str, row: str, scenario: str, seed: int, epochs: int, work: Path) -> dict:

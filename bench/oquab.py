@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import MOBILENET, SHARED, mean_std, require_shared, save
+from common import EPOCHS_AS_GIVEN, MOBILENET, SHARED, mean_std, require_shared, save
 
 REGIMES = {"large": (0.5, 0.8), "small": (0.15, 0.3)}
 METHODS = {  # name -> (route, overrides)
@@ -37,7 +37,7 @@ K_VALUES = [1, 2, 5, 10, 20]
 
 def build(work: Path, regime: str, args: argparse.Namespace) -> dict[str, Path]:
     """Train / val / test scenes of one regime (built once, kept in ``work``)."""
-    from graft.scenes import SceneSpec, build_scenes
+    from graft.scene_builder import SceneSpec, build_scenes
 
     photos = np.load(SHARED / "datasets" / "imagenet_sample128.npz")
     halves = {}
@@ -125,7 +125,8 @@ def main() -> None:
         run = graft.fit(folders["train"], route=route, backbone="mobilenetv2_100", weights=str(MOBILENET), val=folders["val"],
                         test=folders["test"], out=work / f"runs/{regime}-{method}-s{seed}-{int(started)}", quiet=True,
                         overrides=[f"data.image_size={size}", "data.test_fraction=0", f"runtime.seed={seed}", f"adapt.hidden={args.hidden}",
-                                   f"patches.max_windows={args.windows}", f"train.stages={args.stages}", "train.augment.preset=flip", *extra])
+                                   f"patches.max_windows={args.windows}", f"train.stages={args.stages}", "train.augment.preset=flip", EPOCHS_AS_GIVEN,
+                                   *extra])
         row = {"regime": regime, "method": method, "seed": seed, "test_mAP": run.metrics["test_mAP"],
                "seconds": round(time.time() - started, 1)}
         if route == "finetune":

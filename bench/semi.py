@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import MOBILENET, SHARED, mean_std, require_shared, save, subset_npz
+from common import EPOCHS_AS_GIVEN, MOBILENET, SHARED, mean_std, require_shared, save, subset_npz
 
 ROWS = ["teacher", "pseudo", "student", "distill"]
 LABELS = {"teacher": "(a) MobileNetV2 lpft, labels only", "pseudo": "(b) (a) + pseudo-labels",
@@ -83,7 +83,7 @@ def main() -> None:
             train = str(subset_npz(SHARED / "datasets" / "cifar10_train.npz", per_class, seed, work))
             pool = str(pool_npz(per_class, seed, args.pool, work))
             common = ["data.test_fraction=0", f"runtime.seed={seed}", "pseudo.audit=true", "pseudo.threshold=null",
-                      f"pseudo.top_k={args.pseudo_top_k}"]
+                      f"pseudo.top_k={args.pseudo_top_k}", EPOCHS_AS_GIVEN]
             teacher_set = [f"data.image_size={args.teacher_size}", f"train.stages={args.teacher_stages}"]
             student_set = [f"data.image_size={args.student_size}", f"train.stages={args.student_stages}", "model.pretrained=false",
                            "train.augment.preset=none"]  # augmentation off: the teacher's logits are cached once

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import SHARED, mean_std, save
+from common import SHARED, add_row, mean_std, save
 
 ROUTES = ["scratch", "linear", "finetune", "lpft"]
 ARCH = "exemplar-64c5-64c5-128f"
@@ -59,6 +59,7 @@ def main() -> None:
         print_table(json.loads(out.read_text()))
         return
     import graft
+    from graft.recipe import Recipe
 
     results = json.loads(out.read_text()) if out.exists() else {"runs": [], "source": {}}
     results["config"] = {k: v for k, v in vars(args).items() if k != "table"}
@@ -74,13 +75,15 @@ def main() -> None:
         else:
             source = class_npz(datasets / "cifar10_train.npz", [0, 1, 2, 3, 4], args.source_per_class, 0, work / "source.npz")
             run = graft.pretrain(source, "supervised", ARCH, out=source_run, overrides=[f"train.stages=all:{args.source_epochs}",
-                                 "data.test_fraction=0", "data.batch_size=128"])
+                                 "data.test_fraction=0", "data.batch_size=128",
+                                 "train.min_steps=0"])
         results["source"] = {"seconds": round(time.time() - started, 1), "val_accuracy": run.metrics.get("val_accuracy"),
                              "images": 5 * args.source_per_class, "epochs": args.source_epochs}
         save(out, results)
         print("source", results["source"], flush=True)
     test = class_npz(datasets / "cifar10_test.npz", [5, 6, 7, 8, 9], None, 0, work / "target_test.npz")
-    done = {(r["shots"], r["route"], r["seed"]) for r in results["runs"]}
+    min_steps = Recipe().train.min_steps
+    done = {(r["shots"], r["route"], r["seed"]) for r in results["runs"] if current(r)}
     for shots in args.shots:
         for seed in args.seeds:
             train = class_npz(datasets / "cifar10_train.npz", [5, 6, 7, 8, 9], shots, seed, work / f"target_{shots}_s{seed}.npz")
@@ -93,16 +96,22 @@ def main() -> None:
                                 overrides=["data.test_fraction=0", f"runtime.seed={seed}", f"train.stages={args.stages}"]
                                 + (["model.pretrained=false", "train.bn_mode=train"] if route == "scratch" else []))
                 row = {"shots": shots, "route": route, "seed": seed, "test_accuracy": run.metrics["test_accuracy"],
-                       "test_count": run.metrics["test_count"], "seconds": round(time.time() - started, 1)}
-                results["runs"].append(row)
+                       "test_count": run.metrics["test_count"], "seconds": round(time.time() - started, 1), "min_steps": min_steps}
+                results = add_row(out, row, current)
                 print(row, flush=True)
-                save(out, results)
                 shutil.rmtree(run.path, ignore_errors=True)
     print_table(results)
 
 
+def current(row: dict) -> bool:
+    """Gradient-route rows made under another ``train.min_steps`` measured another schedule: they are redone."""
+    from graft.recipe import Recipe
+
+    return row["route"] == "linear" or row.get("min_steps", 0) == Recipe().train.min_steps
+
+
 def print_table(results: dict) -> None:
-    rows = results["runs"]
+    rows = [r for r in results["runs"] if current(r)]
     print(f"| labels per class (classes 5-9) | {' | '.join(ROUTES)} | seeds |\n|---|" + "---|" * (len(ROUTES) + 1))
     for shots in sorted({r["shots"] for r in rows}):
         cells = []

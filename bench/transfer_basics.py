@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import MOBILENET, SHARED, mean_std, require_shared, save, subset_npz
+from common import MOBILENET, SHARED, add_row, mean_std, require_shared, save, subset_npz
 
 ROUTES = ["scratch", "linear", "finetune", "lpft"]
 TASKS = ["cifar10-10", "cifar10-100", "cifar10-1000", "pneumonia"]
@@ -30,6 +30,13 @@ def task_data(task: str, seed: int, folder: Path) -> dict[str, str]:
         return {"data": str(train), "test": str(SHARED / "datasets" / "cifar10_test.npz")}
     return {"data": str(SHARED / "datasets" / "pneumoniamnist_train.npz"), "val": str(SHARED / "datasets" / "pneumoniamnist_val.npz"),
             "test": str(SHARED / "datasets" / "pneumoniamnist_test.npz")}
+
+
+def current(row: dict) -> bool:
+    """Gradient-route rows made under another ``train.min_steps`` measured another schedule: they are redone."""
+    from graft.recipe import Recipe
+
+    return row["route"] == "linear" or row.get("min_steps", 0) == Recipe().train.min_steps
 
 
 def stages_for(task: str, args: argparse.Namespace) -> str:
@@ -46,18 +53,20 @@ def main() -> None:
     parser.add_argument("--stages-large", default="new:1,all:4", help="stages for cifar10-1000 and pneumonia (fewer epochs: CPU time)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "transfer_basics.json"))
     parser.add_argument("--table", action="store_true", help="only print the table of the results saved in --out")
+    parser.add_argument("--cache-check", action="store_true", help="time the cached second linear run again (done once by default)")
     args = parser.parse_args()
     if args.table:
         print_table(json.loads(Path(args.out).read_text()))
         return
     require_shared()
     import graft
+    from graft.recipe import Recipe
 
     out = Path(args.out)
     # a later invocation adds to the saved results instead of replacing them; finished runs are skipped
     results = json.loads(out.read_text()) if out.exists() else {"runs": [], "cache": {}}
-    results["config"] = vars(args)
-    done = {(r["task"], r["route"], r["seed"]) for r in results["runs"]}
+    min_steps = Recipe().train.min_steps
+    done = {(r["task"], r["route"], r["seed"]) for r in results["runs"] if current(r)}
     work = Path(tempfile.mkdtemp(prefix="graft-bench-"))
     os.environ.setdefault("GRAFT_CACHE", str(work / "cache"))
     for task in args.tasks:
@@ -72,11 +81,15 @@ def main() -> None:
                                 overrides=[f"data.image_size={args.image_size}", "data.test_fraction=0", f"runtime.seed={seed}",
                                            f"train.stages={stages_for(task, args)}"])
                 row = {"task": task, "route": route, "seed": seed, "test_accuracy": run.metrics["test_accuracy"],
-                       "seconds": round(time.time() - started, 1), "stages": stages_for(task, args) if route != "linear" else "-"}
-                results["runs"].append(row)
+                       "seconds": round(time.time() - started, 1), "stages": stages_for(task, args) if route != "linear" else "-",
+                       "min_steps": min_steps}
+                results = add_row(out, row, current, config=vars(args))
                 print(row, flush=True)
-                save(out, results)
                 shutil.rmtree(run.path, ignore_errors=True)
+    if results.get("cache") and not args.cache_check:
+        shutil.rmtree(work, ignore_errors=True)
+        print_table(results)
+        return
     # cached-feature speed: the same linear run twice, timed in this process
     files = task_data("cifar10-100", 0, work)
     os.environ["GRAFT_CACHE"] = str(work / "fresh-cache")
@@ -86,14 +99,16 @@ def main() -> None:
         graft.fit(files["data"], route="linear", backbone="mobilenetv2_100", weights=str(MOBILENET), test=files["test"],
                   out=work / f"cache-{attempt}", quiet=True, overrides=[f"data.image_size={args.image_size}", "data.test_fraction=0"])
         times.append(time.time() - started)
-    results["cache"] = {"first_seconds": round(times[0], 2), "second_seconds": round(times[1], 2), "ratio": round(times[1] / times[0], 3)}
+    cache = {"first_seconds": round(times[0], 2), "second_seconds": round(times[1], 2), "ratio": round(times[1] / times[0], 3)}
+    results = json.loads(out.read_text())
+    results["cache"] = cache
     save(out, results)
     print_table(results)
     shutil.rmtree(work, ignore_errors=True)
 
 
 def print_table(results: dict) -> None:
-    rows = results["runs"]
+    rows = [r for r in results["runs"] if current(r)]
     print(f"| task | {' | '.join(ROUTES)} | seeds |\n|---|" + "---|" * (len(ROUTES) + 1))
     for task in [t for t in TASKS if any(r["task"] == t for r in rows)]:
         cells = []

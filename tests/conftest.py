@@ -13,8 +13,9 @@ MOBILENET_TIMM = SHARED / "weights" / "mobilenetv2_100.imagenet.timm.safetensors
 MOBILENET_TV = SHARED / "weights" / "mobilenet_v2.imagenet.safetensors"
 needs_shared = pytest.mark.skipif(not MOBILENET_TIMM.exists(), reason=f"../shared assets not found at {SHARED}")
 
-# small fast settings every training test shares
-FAST = ["data.image_size=16", "model.channels_last=false", "data.batch_size=16", "train.augment.preset=none", "train.warmup_epochs=0"]
+# small fast settings every training test shares (epochs as given: tests that check the train.min_steps stretch set it)
+FAST = ["data.image_size=16", "model.channels_last=false", "data.batch_size=16", "train.augment.preset=none", "train.warmup_epochs=0",
+        "train.min_steps=0"]
 
 
 @pytest.fixture(autouse=True)

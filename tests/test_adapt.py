@@ -7,7 +7,7 @@ import graft
 from graft.data.sources import load_images
 from graft.errors import GraftError
 from graft.heads import AdaptationHead
-from graft.scenes import SceneSpec, build_scenes
+from graft.scene_builder import SceneSpec, build_scenes
 
 from conftest import FAST
 

@@ -10,7 +10,7 @@ from conftest import make_images
 
 
 def test_demo_transfer_beats_scratch(tmp_path):
-    from graft.demo import demo
+    from graft.demonstration import demo
 
     rows = demo(out=tmp_path / "demo", quiet=True)
     accuracy = {r["route"]: r["test_accuracy"] for r in rows}

@@ -123,6 +123,12 @@ def test_interrupted_exemplar_pretrain_resumes_to_the_same_weights(unlabelled, t
     a, b = load_file(str(whole.path / "model.safetensors")), load_file(str(resumed.path / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.metrics["surrogate_val_accuracy"] == whole.metrics["surrogate_val_accuracy"]
+    # `graft fit --resume` on an interrupted pretraining continues it the same way
+    with pytest.raises(KeyboardInterrupt):
+        graft.pretrain(unlabelled, "exemplar", "exemplar-64c5-64c5-128f", callbacks=[Interrupt(1)], **{**common, "out": tmp_path / "cut2"})
+    again = graft.fit(resume=tmp_path / "cut2", quiet=True)
+    c = load_file(str(again.path / "model.safetensors"))
+    assert again.meta["route"] == "exemplar" and all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_bad_exemplar_input_is_refused_before_training(unlabelled, tmp_path):

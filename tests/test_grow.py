@@ -138,6 +138,9 @@ def test_two_task_run_keeps_both_heads_and_reports_its_accuracy_matrix(alexnet_s
     assert graft.predict(step.path, test.subset([0]))[0]["top"][0]["class"] in ("up", "down")
     with pytest.raises(graft.GraftError, match="no task"):
         graft.predict(step.path, test.subset([0]), task="nope")
+    # a grown run exports like any other (the newest task's head), outputs equal to PyTorch's
+    for fmt in ("onnx", "torchscript"):
+        assert graft.export(step.path, fmt)["matches"], fmt
 
 
 def test_bad_scenario_and_route_are_refused_before_training(alexnet_source, toy_npz):

@@ -8,7 +8,7 @@ from sklearn.metrics import average_precision_score
 from graft.data.sources import load_images
 from graft.errors import GraftError
 from graft.multilabel import average_precision, evaluate_scores
-from graft.scenes import SceneSpec, build_scenes
+from graft.scene_builder import SceneSpec, build_scenes
 
 
 @pytest.fixture

@@ -1,4 +1,6 @@
 """Every registered route on tiny separable data: above chance, and each keeps its promises."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -86,3 +88,21 @@ def test_early_stopping_restores_best_epoch(toy_npz, source_run, tmp_path):
                     quiet=True, overrides=[*FAST, "train.stages=all:30", "train.patience=2", "train.lr=0.05"])
     epochs = [line for line in (run.path / "metrics.jsonl").read_text().splitlines() if '"event": "epoch"' in line]
     assert len(epochs) < 30 and "early_stop" in (run.path / "metrics.jsonl").read_text()
+
+
+def test_tiny_sets_are_stretched_to_min_steps(toy_npz, source_run, tmp_path):
+    from graft.recipe import TrainConfig
+    from graft.train.loop import lr_factor, stretch_factor
+    from graft.train.groups import parse_stages
+
+    run = graft.fit(toy_npz, route="finetune", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "st",
+                    quiet=True, overrides=[*FAST, "train.stages=new:1,all:1", "train.min_steps=30"])
+    events = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
+    schedule = next(e for e in events if e["event"] == "schedule")
+    epochs = [e for e in events if e["event"] == "epoch"]
+    assert schedule["stretch"] > 1 and len(epochs) == 2 * schedule["stretch"]
+    assert schedule["steps_per_epoch"] * len(epochs) >= 30 > schedule["steps_per_epoch"] * (len(epochs) - 2)
+    assert stretch_factor(10, parse_stages("new:1,all:9"), 0) == 1 and stretch_factor(4, parse_stages("all:10"), 400) == 10
+    # step decay keeps its place in the schedule as given: lr_factor sees epoch // stretch
+    config = TrainConfig(schedule="step", step_epochs=1, warmup_epochs=0)
+    assert lr_factor(config, 0.5, 9 // 10, 1) == 1.0 and lr_factor(config, 0.5, 10 // 10, 2) == config.step_gamma

@@ -29,13 +29,16 @@ class Interrupt:
 
 
 def test_resumed_run_equals_uninterrupted_run(toy_npz, source_run, tmp_path):
+    # lpft keeps all:3 of the stages; train.min_steps stretches it (4 steps an epoch) to all:6, cut after 2 epochs
     common = dict(route="lpft", backbone="graft_convnet_s", weights=str(source_run.path), quiet=True,
-                  overrides=[*FAST, STAGES, "train.augment.preset=light", "data.image_size=20"])
+                  overrides=[*FAST, STAGES, "train.augment.preset=light", "data.image_size=20", "train.min_steps=20"])
     whole = graft.fit(toy_npz, out=tmp_path / "whole", **common)
     with pytest.raises(KeyboardInterrupt):
         graft.fit(toy_npz, out=tmp_path / "cut", callbacks=[Interrupt(2)], **common)
     assert not (tmp_path / "cut").exists() and partial_path(tmp_path / "cut").exists()
     resumed = graft.fit(resume=tmp_path / "cut", quiet=True)
+    epochs = [json.loads(line) for line in (resumed.path / "metrics.jsonl").read_text().splitlines() if '"event": "epoch"' in line]
+    assert len(epochs) == 6
     a, b = load_file(str(whole.path / "model.safetensors")), load_file(str(resumed.path / "model.safetensors"))
     assert a.keys() == b.keys()
     for key in a:
@@ -114,3 +117,14 @@ def test_corrupt_file_is_skipped_and_reported(tmp_path):
                     overrides=[*FAST, "train.stages=all:1"])
     assert [s["file"].endswith("bad.png") for s in run.meta["skipped_files"]] == [True]
     assert "bad.png" in (run.path / "report.html").read_text()
+
+
+def test_every_api_name_stays_callable_once_all_modules_are_imported():
+    # a submodule named like an API function (graft/demo.py beside graft.demo()) would replace it on import
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.walk_packages(graft.__path__, "graft."):
+        if not module.name.endswith("__main__"):
+            importlib.import_module(module.name)
+    assert all(callable(getattr(graft, name)) for name in graft.__all__), [n for n in graft.__all__ if not callable(getattr(graft, n))]

@@ -15,6 +15,7 @@ from graft.teacher import convert_batch
 from graft.train.semi import kd_loss, pseudo_weight, select_pseudo_labels
 
 from conftest import FAST
+from test_runs import Interrupt
 
 STUDENT = torch.tensor([[1.0, -0.5, 2.0], [0.3, 0.2, -1.0]])
 TEACHER = torch.tensor([[2.0, 0.0, 1.0], [-1.0, 1.5, 0.5]])
@@ -217,3 +218,20 @@ def test_pseudo_without_teacher_labels_with_a_model_trained_on_the_labels(toy_np
     epochs = [h for h in (run.path / "metrics.jsonl").read_text().splitlines() if '"event": "epoch"' in h]
     assert len(epochs) == 4  # round 0 (labels only) and round 1, two epochs each after the probe
     assert run.metrics["test_accuracy"] > 0.6
+
+
+@pytest.mark.parametrize("cut", [1, 3])  # inside round 0 (labels only), inside round 1 (pseudo-labels)
+def test_interrupted_pseudo_run_resumes_to_the_same_weights(toy_npz, source_run, tmp_path, cut):
+    from safetensors.torch import load_file
+
+    common = dict(route="pseudo", backbone="graft_convnet_s", weights=str(source_run.path), quiet=True,
+                  overrides=[*FAST, "train.stages=new:1,all:2", f"data.unlabeled={toy_npz}", "pseudo.threshold=null", "pseudo.top_k=5",
+                             "train.augment.preset=flip"])
+    whole = graft.fit(toy_npz, out=tmp_path / "whole", **common)
+    with pytest.raises(KeyboardInterrupt):
+        graft.fit(toy_npz, out=tmp_path / "cut", callbacks=[Interrupt(cut)], **common)
+    resumed = graft.fit(resume=tmp_path / "cut", quiet=True)
+    a, b = load_file(str(whole.path / "model.safetensors")), load_file(str(resumed.path / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.meta["info"]["rounds"] == whole.meta["info"]["rounds"]
+    assert not (resumed.path / "parts").exists()

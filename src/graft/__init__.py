@@ -16,7 +16,7 @@ _API = {"fit", "grow", "evaluate", "predict", "export", "load_run", "Recipe", "R
 
 def __getattr__(name: str) -> Any:  # lazy: `import graft` stays cheap and side-effect free
     if name == "demo":
-        from graft.demo import demo
+        from graft.demonstration import demo
 
         return demo
     if name == "pretrain":

@@ -86,6 +86,10 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
     """
     if resume is not None:
         _, recipe = RunDirectory.reopen(resume)
+        if recipe.route == "exemplar":  # an interrupted Exemplar-CNN pretraining: `graft fit --resume` takes it too
+            from graft.pretraining import pretrain
+
+            return pretrain(resume=resume, overrides=overrides, quiet=quiet, callbacks=callbacks)
         recipe = recipe.override(list(overrides))
     else:
         recipe = resolve_recipe(recipe, overrides, route=route, **{"model.backbone": backbone, "model.weights": weights,
@@ -286,7 +290,7 @@ def scenes(objects: Any, out: str | Path, count: int = 200, size: int = 128, obj
 
     >>> graft.scenes("cifar10_test.npz", "scenes/test", object_size=(0.15, 0.3), background="photos.npz", seed=1)
     """
-    from graft.scenes import SceneSpec, build_scenes
+    from graft.scene_builder import SceneSpec, build_scenes
 
     spec = SceneSpec(count=count, size=size, object_size=tuple(object_size), objects_per_scene=tuple(objects_per_scene),
                      background=str(background), seed=seed)

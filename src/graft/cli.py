@@ -393,7 +393,7 @@ def _features(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from graft.demo import demo
+    from graft.demonstration import demo
 
     demo(out=args.out, quiet=args.quiet)
 

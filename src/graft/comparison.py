@@ -125,14 +125,19 @@ def measure_throughput(recipe: Any, images: Any, batch: int = 32) -> Throughput:
 
 def estimate_seconds(route: str, recipe: Any, sizes: dict[str, int], speed: Throughput) -> float:
     """Expected seconds of one run: features of every image for cached-feature routes; otherwise every epoch
-    of the recipe's stages over the training images plus validation, and the test images once."""
+    of the recipe's stages (stretched to ``train.min_steps``) over the training images plus validation, and the test images once."""
     from graft.routes import FEATURES_ONLY
     from graft.train.groups import parse_stages
 
     everything = sum(sizes.values()) * speed.infer
     if FEATURES_ONLY.get(route):
         return everything
-    epochs = sum(s.epochs for s in parse_stages(recipe.train.stages))
+    from graft.train.loop import stretch_factor, train_batch_size
+
+    stages = parse_stages(recipe.train.stages)
+    batch = train_batch_size(sizes["train"], recipe.data.batch_size)
+    steps = max(1, sizes["train"] // batch)
+    epochs = sum(s.epochs for s in stages) * stretch_factor(steps, stages, recipe.train.min_steps)
     return everything + epochs * (sizes["train"] * speed.train + sizes["val"] * speed.infer)
 
 

@@ -24,8 +24,14 @@ def export_model(run: Run, format: str, out: Optional[Path], atol: float) -> dic
             import onnxruntime
         except ImportError as error:
             raise GraftError("ONNX export needs onnx and onnxruntime: pip install 'graft-learn[export]'") from error
-        torch.onnx.export(model, (example,), str(out), input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+        try:
+            torch.onnx.export(model, (example,), str(out), input_names=["images"], output_names=["logits"],
+                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+        except torch.onnx.errors.OnnxExporterError:
+            # the TorchScript exporter cannot express some ops (adaptive pooling to a size that does not divide the
+            # input, e.g. a 32-px net run at 16 px); torch.export-based ONNX export can, with the batch kept dynamic
+            torch.onnx.export(model, (example,), str(out), input_names=["images"], output_names=["logits"],
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False)
         session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         got = session.run(None, {"images": example.numpy()})[0]
     elif format == "torchscript":

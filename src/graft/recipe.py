@@ -83,6 +83,7 @@ class TrainConfig:
     step_gamma: float = 0.1
     bn_mode: Literal["train", "frozen", "eval"] = "frozen"
     label_smoothing: float = 0.1
+    min_steps: int = 400  # every stage's epochs are multiplied by one factor until the schedule has this many optimizer steps; 0: epochs as given
     patience: Optional[int] = None  # early stopping after this many epochs without validation gain; the best epoch is always restored
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 

@@ -151,6 +151,25 @@ class RunDirectory:
                 "optimizer": _unflatten_optimizer(load_file(str(folder / "optimizer.safetensors")), state.pop("param_groups")),
                 "state": state}
 
+    # --- finished parts of a route that trains several models in a row (pseudo-label rounds) --
+    def save_part(self, name: str, model: nn.Module, meta: dict[str, Any]) -> None:
+        """Keep a finished sub-model; its epoch checkpoint is dropped first, so a checkpoint always
+        belongs to the first part that is not saved (an interruption in between only repeats that part)."""
+        if not self.writer:
+            return
+        shutil.rmtree(self.work / "checkpoint", ignore_errors=True)
+        folder = self.work / "parts"
+        folder.mkdir(exist_ok=True)
+        save_file(_plain(model.state_dict()), str(folder / f"{name}.safetensors"))
+        _atomic_write(folder / f"{name}.json", json.dumps(meta, default=str))
+
+    def load_part(self, name: str) -> Optional[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+        """(weights, meta) of a part saved by :meth:`save_part`, or None."""
+        meta = self.work / "parts" / f"{name}.json"
+        if not meta.exists():
+            return None
+        return load_file(str(self.work / "parts" / f"{name}.safetensors")), json.loads(meta.read_text())
+
     # --- completion ---------------------------------------------------------------------------
     def save_model(self, model: nn.Module, meta: dict[str, Any]) -> None:
         if self.writer:
@@ -161,6 +180,7 @@ class RunDirectory:
         """Drop the resume state and move the run into place."""
         if self.writer:
             shutil.rmtree(self.work / "checkpoint", ignore_errors=True)
+            shutil.rmtree(self.work / "parts", ignore_errors=True)
             os.replace(self.work, self.path)
         return self.path
 

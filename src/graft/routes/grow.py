@@ -26,7 +26,8 @@ from graft.train.steps import LwfStep
 
 # the paper's fine-tuning recipe (sec. 5, implementation details); the bench's fine-tune baseline uses the same
 PAPER_TRAIN: dict[str, Any] = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step", "step_gamma": 0.1,
-                               "warmup_epochs": 0.0, "label_smoothing": 0.0, "backbone_lr_ratio": 0.1}
+                               "warmup_epochs": 0.0, "label_smoothing": 0.0, "backbone_lr_ratio": 0.1,
+                               "min_steps": 0}
 
 
 def paper_train(recipe: Recipe) -> TrainConfig:

@@ -71,21 +71,32 @@ def probabilities_of(model: nn.Module, pre, images: ImageSet, context: Context) 
     return torch.softmax(torch.from_numpy(logits).float(), 1).numpy()
 
 
-def train_student(context: Context, unlabeled: Optional[ImageSet], step: Optional[SemiStep]) -> tuple[nn.Module, list[dict[str, Any]], dict[str, Any]]:
-    """A fresh student (``student_plan``) trained through graft's one loop on the labelled and ``unlabeled`` images."""
+def train_student(context: Context, unlabeled: Optional[ImageSet], step: Optional[SemiStep],
+                  part: str = "student") -> tuple[nn.Module, list[dict[str, Any]], dict[str, Any]]:
+    """A fresh student (``student_plan``) trained through graft's one loop on the labelled and ``unlabeled`` images.
+
+    Routes that train several students in a row name each ``part``: a finished part is kept in the run and a
+    resumed run loads it instead of training it again; the run's checkpoint belongs to the first unfinished part.
+    """
     model = context.model()
+    saved = context.run.load_part(part)
+    if saved is not None:
+        weights, meta = saved
+        model.load_state_dict(weights)
+        context.reporter.print(f"{part}: finished before the interruption, loaded")
+        return model, meta["history"], meta["info"]
     context, stages, info = student_plan(context, model)
     history = train_stages(context.fabric, model, stages, context.train, context.val, context.preprocessing(model), context.recipe,
-                           context.run, context.reporter, step=step, callbacks=context.callbacks,
+                           context.run, context.reporter, step=step, callbacks=context.callbacks, checkpoint=context.run.load_checkpoint()
+                           if context.checkpoint is not None else None,
                            channels_last=context.recipe.model.channels_last, unlabeled=unlabeled)
+    context.run.save_part(part, model, {"history": history, "info": info})
     return model, history, info
 
 
 @register_route("pseudo", unlabeled=True)
 def pseudo(context: Context) -> RouteResult:
     unlabeled = require_unlabeled(context)
-    if context.checkpoint is not None:
-        raise GraftError("route pseudo trains several models in a row and cannot resume yet; start the run again")
     config = context.recipe.pseudo
     if config.rounds < 1:
         raise GraftError(f"pseudo.rounds={config.rounds}: give at least 1 round")
@@ -100,7 +111,7 @@ def pseudo(context: Context) -> RouteResult:
         labeller, labeller_pre, info["labeller"] = teacher.model, teacher.preprocessing, f"teacher {teacher.name}"
     else:
         context.reporter.print("round 0: training on the labelled images alone, to label the unlabelled ones")
-        labeller, history, _ = train_student(context, None, None)
+        labeller, history, _ = train_student(context, None, None, part="round0")
         labeller_pre, info["labeller"] = context.preprocessing(labeller), "the model trained on the labels alone"
     weight = partial(pseudo_weight, alpha_f=config.alpha_f, start=config.ramp_start, end=config.ramp_end)
     model = labeller
@@ -112,7 +123,8 @@ def pseudo(context: Context) -> RouteResult:
                                f"{record['per_class']}" + (f", precision {record['precision']}" if "precision" in record else ""))
         chosen = unlabeled.subset(indices)
         chosen = with_labels(chosen, labels) if len(indices) else None
-        model, round_history, start = train_student(context, chosen, SemiStep(weight=weight, label_smoothing=context.recipe.train.label_smoothing))
+        model, round_history, start = train_student(context, chosen, SemiStep(weight=weight, label_smoothing=context.recipe.train.label_smoothing),
+                                                    part=f"round{round_number}")
         history += [{**h, "round": round_number} for h in round_history]
         info["rounds"].append(record)
         info.update(start)

@@ -59,6 +59,23 @@ def make_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optim
     return torch.optim.AdamW(groups, lr=groups[0]["lr"])
 
 
+def train_batch_size(images: int, batch_size: int) -> int:
+    """Tiny sets still get several optimizer steps per epoch: at least 4, batches no smaller than 8."""
+    return max(1, min(batch_size, max(8, images // 4), images))
+
+
+def stretch_factor(steps_per_epoch: int, stages: Sequence[Stage], min_steps: int) -> int:
+    """How many times each stage's epochs are repeated so that the schedule makes at least ``min_steps`` optimizer steps.
+
+    With a few dozen labelled images an epoch is a handful of steps and a 10-epoch schedule leaves a new head
+    barely trained (on CIFAR-10 with 10 labels per class, fine-tuning ended near chance); ``train.min_steps``
+    sets a floor in steps, the unit optimizers actually care about, as step-based schedules in timm and
+    Hugging Face do.
+    """
+    total = steps_per_epoch * sum(s.epochs for s in stages)
+    return max(1, math.ceil(min_steps / total)) if total and min_steps > 0 else 1
+
+
 def _seed(seed: int, stage: int, epoch: int) -> int:
     return (seed * 1_000_003 + stage * 10_007 + epoch * 101) % (2**31)
 
@@ -112,8 +129,7 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
     Returns the per-epoch history (also appended to metrics.jsonl).
     """
     config = recipe.train
-    # tiny sets still get several optimizer steps per epoch: at least 4, batches no smaller than 8
-    batch_size = min(recipe.data.batch_size, max(8, len(train) // 4), len(train))
+    batch_size = train_batch_size(len(train), recipe.data.batch_size)
     generator = torch.Generator()
     indexed = bool(getattr(step, "indexed", False))
     transform = train_transform(pre, config.augment)
@@ -134,6 +150,15 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
     step = step or (MultiLabelStep() if train.multilabel else SupervisedStep(config.label_smoothing, batch_mixer(config.augment, len(train.classes))))
     if channels_last:
         model.to(memory_format=torch.channels_last)
+
+    steps = max(len(train_loader), len(unlabeled_loader) if unlabeled_loader is not None else 0)
+    stretch = stretch_factor(steps, stages, config.min_steps)
+    if stretch > 1:
+        stages = [Stage(s.train, s.epochs * stretch) for s in stages]
+        reporter.print(f"{steps} steps an epoch: epochs x{stretch} to reach train.min_steps={config.min_steps} "
+                       f"({', '.join(f'{s.train}:{s.epochs}' for s in stages)}); train.min_steps=0 keeps them as given")
+    if checkpoint is None:
+        run.log(event="schedule", steps_per_epoch=steps, stretch=stretch, stages=",".join(f"{s.train}:{s.epochs}" for s in stages))
 
     state = LoopState()
     best: Optional[dict[str, torch.Tensor]] = None
@@ -159,7 +184,6 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
             optimizer.load_state_dict(checkpoint["optimizer"])
         module = fabric.setup_module(model)
         optimizer = fabric.setup_optimizers(optimizer)
-        steps = max(len(train_loader), len(unlabeled_loader) if unlabeled_loader is not None else 0)
         epochs_before = sum(s.epochs for s in stages[:index])
         total_epochs = sum(s.epochs for s in stages)
         reporter.print(f"stage {index + 1}/{len(stages)} [bold]{stage.train}[/]: {stage.epochs} epochs, "
@@ -176,7 +200,8 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
             sums = torch.zeros(3)
             batches = _paired(train_loader, unlabeled_loader, steps)
             for i, (batch, extra) in enumerate(reporter.track(batches, steps, f"{stage.train} epoch {epoch + 1}/{stage.epochs}")):
-                factor = lr_factor(config, (epoch * steps + i) / (stage.epochs * steps), epoch, stage.epochs)
+                # warm-up and step decay keep their place in the schedule as given, before any stretch
+                factor = lr_factor(config, (epoch * steps + i) / (stage.epochs * steps), epoch // stretch, stage.epochs // stretch)
                 for group in optimizer.param_groups:
                     group["lr"] = group["base_lr"] * factor
                 if hasattr(step, "progress"):
