@@ -90,6 +90,7 @@ def main() -> None:
             for route in args.routes:
                 if (shots, route, seed) in done:
                     continue
+                shutil.rmtree(work / f".{shots}-{route}-s{seed}.partial", ignore_errors=True)  # a run interrupted earlier starts again
                 started = time.time()
                 backbone = ARCH if route == "scratch" else f"run:{source_run}"
                 run = graft.fit(train, route=route, backbone=backbone, test=test, out=work / f"{shots}-{route}-s{seed}", quiet=True,
