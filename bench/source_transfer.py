@@ -59,7 +59,6 @@ def main() -> None:
         print_table(json.loads(out.read_text()))
         return
     import graft
-    from graft.recipe import Recipe
 
     results = json.loads(out.read_text()) if out.exists() else {"runs": [], "source": {}}
     results["config"] = {k: v for k, v in vars(args).items() if k != "table"}
@@ -82,7 +81,6 @@ def main() -> None:
         save(out, results)
         print("source", results["source"], flush=True)
     test = class_npz(datasets / "cifar10_test.npz", [5, 6, 7, 8, 9], None, 0, work / "target_test.npz")
-    min_steps = Recipe().train.min_steps
     done = {(r["shots"], r["route"], r["seed"]) for r in results["runs"] if current(r)}
     for shots in args.shots:
         for seed in args.seeds:
@@ -97,18 +95,23 @@ def main() -> None:
                                 overrides=["data.test_fraction=0", f"runtime.seed={seed}", f"train.stages={args.stages}"]
                                 + (["model.pretrained=false", "train.bn_mode=train"] if route == "scratch" else []))
                 row = {"shots": shots, "route": route, "seed": seed, "test_accuracy": run.metrics["test_accuracy"],
-                       "test_count": run.metrics["test_count"], "seconds": round(time.time() - started, 1), "min_steps": min_steps}
+                       "test_count": run.metrics["test_count"], "seconds": round(time.time() - started, 1), "min_steps": min_steps_of(route)}
                 results = add_row(out, row, current)
                 print(row, flush=True)
                 shutil.rmtree(run.path, ignore_errors=True)
     print_table(results)
 
 
-def current(row: dict) -> bool:
-    """Gradient-route rows made under another ``train.min_steps`` measured another schedule: they are redone."""
+def min_steps_of(route: str) -> int:
+    """The step floor a route's runs get by default (``linear`` has no steps; ``lpft`` starts from a trained head)."""
     from graft.recipe import Recipe
 
-    return row["route"] == "linear" or row.get("min_steps", 0) == Recipe().train.min_steps
+    return 0 if route in ("linear", "lpft") else Recipe().train.min_steps
+
+
+def current(row: dict) -> bool:
+    """Rows made under another step floor measured another schedule: they are redone."""
+    return row.get("min_steps", 0) == min_steps_of(row["route"])
 
 
 def print_table(results: dict) -> None:

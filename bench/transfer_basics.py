@@ -32,11 +32,16 @@ def task_data(task: str, seed: int, folder: Path) -> dict[str, str]:
             "test": str(SHARED / "datasets" / "pneumoniamnist_test.npz")}
 
 
-def current(row: dict) -> bool:
-    """Gradient-route rows made under another ``train.min_steps`` measured another schedule: they are redone."""
+def min_steps_of(route: str) -> int:
+    """The step floor a route's runs get by default (``linear`` has no steps; ``lpft`` starts from a trained head)."""
     from graft.recipe import Recipe
 
-    return row["route"] == "linear" or row.get("min_steps", 0) == Recipe().train.min_steps
+    return 0 if route in ("linear", "lpft") else Recipe().train.min_steps
+
+
+def current(row: dict) -> bool:
+    """Rows made under another step floor measured another schedule: they are redone."""
+    return row.get("min_steps", 0) == min_steps_of(row["route"])
 
 
 def stages_for(task: str, args: argparse.Namespace) -> str:
@@ -60,12 +65,10 @@ def main() -> None:
         return
     require_shared()
     import graft
-    from graft.recipe import Recipe
 
     out = Path(args.out)
     # a later invocation adds to the saved results instead of replacing them; finished runs are skipped
     results = json.loads(out.read_text()) if out.exists() else {"runs": [], "cache": {}}
-    min_steps = Recipe().train.min_steps
     done = {(r["task"], r["route"], r["seed"]) for r in results["runs"] if current(r)}
     work = Path(tempfile.mkdtemp(prefix="graft-bench-"))
     os.environ.setdefault("GRAFT_CACHE", str(work / "cache"))
@@ -82,7 +85,7 @@ def main() -> None:
                                            f"train.stages={stages_for(task, args)}"])
                 row = {"task": task, "route": route, "seed": seed, "test_accuracy": run.metrics["test_accuracy"],
                        "seconds": round(time.time() - started, 1), "stages": stages_for(task, args) if route != "linear" else "-",
-                       "min_steps": min_steps}
+                       "min_steps": min_steps_of(route)}
                 results = add_row(out, row, current, config=vars(args))
                 print(row, flush=True)
                 shutil.rmtree(run.path, ignore_errors=True)

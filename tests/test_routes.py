@@ -102,6 +102,11 @@ def test_tiny_sets_are_stretched_to_min_steps(toy_npz, source_run, tmp_path):
     epochs = [e for e in events if e["event"] == "epoch"]
     assert schedule["stretch"] > 1 and len(epochs) == 2 * schedule["stretch"]
     assert schedule["steps_per_epoch"] * len(epochs) >= 30 > schedule["steps_per_epoch"] * (len(epochs) - 2)
+    # LP-FT starts from the probe's trained head: never stretched
+    lpft = graft.fit(toy_npz, route="lpft", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "lp",
+                     quiet=True, overrides=[*FAST, "train.stages=new:1,all:1", "train.min_steps=30"])
+    events = [json.loads(line) for line in (lpft.path / "metrics.jsonl").read_text().splitlines()]
+    assert next(e for e in events if e["event"] == "schedule")["stretch"] == 1 and sum(e["event"] == "epoch" for e in events) == 1
     assert stretch_factor(10, parse_stages("new:1,all:9"), 0) == 1 and stretch_factor(4, parse_stages("all:10"), 400) == 10
     # step decay keeps its place in the schedule as given: lr_factor sees epoch // stretch
     config = TrainConfig(schedule="step", step_epochs=1, warmup_epochs=0)

@@ -29,8 +29,8 @@ class Interrupt:
 
 
 def test_resumed_run_equals_uninterrupted_run(toy_npz, source_run, tmp_path):
-    # lpft keeps all:3 of the stages; train.min_steps stretches it (4 steps an epoch) to all:6, cut after 2 epochs
-    common = dict(route="lpft", backbone="graft_convnet_s", weights=str(source_run.path), quiet=True,
+    # train.min_steps stretches new:1,all:3 (4 steps an epoch) to new:2,all:6; the cut falls after 2 epochs
+    common = dict(route="finetune", backbone="graft_convnet_s", weights=str(source_run.path), quiet=True,
                   overrides=[*FAST, STAGES, "train.augment.preset=light", "data.image_size=20", "train.min_steps=20"])
     whole = graft.fit(toy_npz, out=tmp_path / "whole", **common)
     with pytest.raises(KeyboardInterrupt):
@@ -38,7 +38,7 @@ def test_resumed_run_equals_uninterrupted_run(toy_npz, source_run, tmp_path):
     assert not (tmp_path / "cut").exists() and partial_path(tmp_path / "cut").exists()
     resumed = graft.fit(resume=tmp_path / "cut", quiet=True)
     epochs = [json.loads(line) for line in (resumed.path / "metrics.jsonl").read_text().splitlines() if '"event": "epoch"' in line]
-    assert len(epochs) == 6
+    assert len(epochs) == 8 and [e["stage_name"] for e in epochs].count("new") == 2
     a, b = load_file(str(whole.path / "model.safetensors")), load_file(str(resumed.path / "model.safetensors"))
     assert a.keys() == b.keys()
     for key in a:

@@ -137,7 +137,8 @@ def estimate_seconds(route: str, recipe: Any, sizes: dict[str, int], speed: Thro
     stages = parse_stages(recipe.train.stages)
     batch = train_batch_size(sizes["train"], recipe.data.batch_size)
     steps = max(1, sizes["train"] // batch)
-    epochs = sum(s.epochs for s in stages) * stretch_factor(steps, stages, recipe.train.min_steps)
+    # lpft's probe-trained head is never stretched to train.min_steps (routes/lpft.py)
+    epochs = sum(s.epochs for s in stages) * stretch_factor(steps, stages, 0 if route == "lpft" else recipe.train.min_steps)
     return everything + epochs * (sizes["train"] * speed.train + sizes["val"] * speed.infer)
 
 

@@ -7,10 +7,11 @@ from graft.train.groups import parse_stages
 from graft.train.loop import train_stages
 
 
-def run_stages(context: Context, model, stages) -> RouteResult:
+def run_stages(context: Context, model, stages, use_min_steps: bool = True) -> RouteResult:
+    """``use_min_steps=False`` when the head is already trained: no stretching to ``train.min_steps``."""
     history = train_stages(context.fabric, model, stages, context.train, context.val, context.preprocessing(model),
                            context.recipe, context.run, context.reporter, callbacks=context.callbacks,
-                           checkpoint=context.checkpoint, channels_last=context.recipe.model.channels_last)
+                           checkpoint=context.checkpoint, channels_last=context.recipe.model.channels_last, use_min_steps=use_min_steps)
     return RouteResult(model, {"stages": [s.__dict__ for s in stages]}, history)
 
 

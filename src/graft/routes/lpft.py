@@ -2,7 +2,8 @@
 
 Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features and Underperform
 Out-of-Distribution": starting full fine-tuning from a trained (not random) head
-changes the features less. The recipe's ``new`` stages are skipped: the probe replaces them.
+changes the features less. The recipe's ``new`` stages are skipped: the probe replaces them, and the
+epochs are not stretched to ``train.min_steps`` (that floor is for new heads).
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ def lpft(context: Context) -> RouteResult:
     if context.checkpoint is None:  # on resume the checkpoint already holds the probed head
         _, info = probe_model(context, model, pool_validation=False)
     stages = [s for s in parse_stages(context.recipe.train.stages) if s.train != "new"]
-    result = run_stages(context, model, stages)
+    # the probe's head is trained to convergence: the step floor, meant for new heads, does not apply (with it,
+    # LP-FT took 4x longer on CIFAR-10 with 100 labels/class for the same accuracy, and lost a point at 10/class)
+    result = run_stages(context, model, stages, use_min_steps=False)
     result.info.update(info)
     return result

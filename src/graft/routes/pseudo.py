@@ -89,7 +89,8 @@ def train_student(context: Context, unlabeled: Optional[ImageSet], step: Optiona
     history = train_stages(context.fabric, model, stages, context.train, context.val, context.preprocessing(model), context.recipe,
                            context.run, context.reporter, step=step, callbacks=context.callbacks, checkpoint=context.run.load_checkpoint()
                            if context.checkpoint is not None else None,
-                           channels_last=context.recipe.model.channels_last, unlabeled=unlabeled)
+                           channels_last=context.recipe.model.channels_last, unlabeled=unlabeled,
+                           use_min_steps=info["student_start"] == "random")  # a probed head (LP-FT plan) is not stretched
     context.run.save_part(part, model, {"history": history, "info": info})
     return model, history, info
 

@@ -116,7 +116,7 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
                  pre: Preprocessing, recipe: Recipe, run: RunDirectory, reporter: Reporter,
                  step: Optional[Callable[..., dict[str, torch.Tensor]]] = None, callbacks: Sequence[Callback] = (),
                  checkpoint: Optional[dict[str, Any]] = None, channels_last: bool = True,
-                 unlabeled: Optional[ImageSet] = None) -> list[dict[str, Any]]:
+                 unlabeled: Optional[ImageSet] = None, use_min_steps: bool = True) -> list[dict[str, Any]]:
     """Train ``model`` in place through ``stages``; restore the best validation weights at the end.
 
     ``checkpoint`` (from :meth:`RunDirectory.load_checkpoint`) continues an interrupted run.
@@ -126,6 +126,7 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
     one with a ``progress`` attribute gets the fraction of training done set before each batch.
     ``train``/``val`` may be ready-made datasets of (image tensor, label) that bring their own
     transforms (e.g. Exemplar-CNN surrogate copies); ImageSets go through ``pre`` and the recipe's augmentation.
+    ``use_min_steps=False``: epochs as given even below ``train.min_steps`` (the head is already trained, as LP-FT's probe).
     Returns the per-epoch history (also appended to metrics.jsonl).
     """
     config = recipe.train
@@ -152,7 +153,7 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
         model.to(memory_format=torch.channels_last)
 
     steps = max(len(train_loader), len(unlabeled_loader) if unlabeled_loader is not None else 0)
-    stretch = stretch_factor(steps, stages, config.min_steps)
+    stretch = stretch_factor(steps, stages, config.min_steps if use_min_steps else 0)
     if stretch > 1:
         stages = [Stage(s.train, s.epochs * stretch) for s in stages]
         reporter.print(f"{steps} steps an epoch: epochs x{stretch} to reach train.min_steps={config.min_steps} "
