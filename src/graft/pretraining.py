@@ -34,8 +34,9 @@ OBJECTIVES = ("supervised", "exemplar")
 # training from random weights: BatchNorm learns its statistics, one learning rate for every layer
 SUPERVISED_DEFAULTS = ["train.bn_mode=train"]
 # the surrogate copies are the augmentation; hard one-hot targets as in the paper
+# an Exemplar-CNN epoch is K copies of N surrogate classes, sized by the user: epochs as given, no step floor
 EXEMPLAR_DEFAULTS = ["train.bn_mode=train", "train.augment.preset=none", "train.label_smoothing=0", "train.stages=all:10",
-                     "train.backbone_lr_ratio=1.0"]
+                     "train.backbone_lr_ratio=1.0", "train.min_steps=0"]
 
 
 def pretrain(data: Any = None, objective: str = "supervised", arch: Optional[str] = None, *, out: Optional[str | Path] = None,
