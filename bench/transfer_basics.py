@@ -112,13 +112,14 @@ def main() -> None:
 
 def print_table(results: dict) -> None:
     rows = [r for r in results["runs"] if current(r)]
+    print("test accuracy %: mean ± std (seeds; seconds per run)\n")
     print(f"| task | {' | '.join(ROUTES)} | seeds |\n|---|" + "---|" * (len(ROUTES) + 1))
     for task in [t for t in TASKS if any(r["task"] == t for r in rows)]:
         cells = []
         for route in ROUTES:
             picked = [r for r in rows if r["task"] == task and r["route"] == route]
             seconds = sum(r["seconds"] for r in picked) / max(len(picked), 1)
-            cells.append(f"{mean_std([r['test_accuracy'] for r in picked])} ({seconds:.0f} s)" if picked else "-")
+            cells.append(f"{mean_std([r['test_accuracy'] for r in picked])} ({len(picked)}; {seconds:.0f} s)" if picked else "-")
         seeds = sorted({r["seed"] for r in rows if r["task"] == task})
         print(f"| {task} | {' | '.join(cells)} | {','.join(map(str, seeds))} |")
     if results.get("cache"):
