@@ -62,6 +62,21 @@ def add_row(path: Path, row: dict[str, Any], keep: Callable[[dict[str, Any]], bo
     return data
 
 
+def min_steps_of(route: str) -> int:
+    """The step floor a route's runs get by default: 0 for routes that train no backbone on images (``linear``)
+    or whose head starts trained (``lpft``), from the route registry."""
+    from graft.recipe import Recipe
+    from graft.routes import FEATURES_ONLY, USES_MIN_STEPS, route_names
+
+    route_names()  # fills the registry
+    return 0 if FEATURES_ONLY[route] or not USES_MIN_STEPS[route] else Recipe().train.min_steps
+
+
+def current(row: dict[str, Any]) -> bool:
+    """Rows made under another step floor measured another schedule: they are redone (a bench row records its floor)."""
+    return row.get("min_steps", 0) == min_steps_of(row["route"])
+
+
 def save(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

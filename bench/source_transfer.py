@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import SHARED, add_row, mean_std, save
+from common import SHARED, add_row, current, mean_std, min_steps_of, save
 
 ROUTES = ["scratch", "linear", "finetune", "lpft"]
 ARCH = "exemplar-64c5-64c5-128f"
@@ -100,18 +100,6 @@ def main() -> None:
                 print(row, flush=True)
                 shutil.rmtree(run.path, ignore_errors=True)
     print_table(results)
-
-
-def min_steps_of(route: str) -> int:
-    """The step floor a route's runs get by default (``linear`` has no steps; ``lpft`` starts from a trained head)."""
-    from graft.recipe import Recipe
-
-    return 0 if route in ("linear", "lpft") else Recipe().train.min_steps
-
-
-def current(row: dict) -> bool:
-    """Rows made under another step floor measured another schedule: they are redone."""
-    return row.get("min_steps", 0) == min_steps_of(row["route"])
 
 
 def print_table(results: dict) -> None:

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import MOBILENET, SHARED, add_row, mean_std, require_shared, save, subset_npz
+from common import MOBILENET, SHARED, add_row, current, mean_std, min_steps_of, require_shared, save, subset_npz
 
 ROUTES = ["scratch", "linear", "finetune", "lpft"]
 TASKS = ["cifar10-10", "cifar10-100", "cifar10-1000", "pneumonia"]
@@ -30,18 +30,6 @@ def task_data(task: str, seed: int, folder: Path) -> dict[str, str]:
         return {"data": str(train), "test": str(SHARED / "datasets" / "cifar10_test.npz")}
     return {"data": str(SHARED / "datasets" / "pneumoniamnist_train.npz"), "val": str(SHARED / "datasets" / "pneumoniamnist_val.npz"),
             "test": str(SHARED / "datasets" / "pneumoniamnist_test.npz")}
-
-
-def min_steps_of(route: str) -> int:
-    """The step floor a route's runs get by default (``linear`` has no steps; ``lpft`` starts from a trained head)."""
-    from graft.recipe import Recipe
-
-    return 0 if route in ("linear", "lpft") else Recipe().train.min_steps
-
-
-def current(row: dict) -> bool:
-    """Rows made under another step floor measured another schedule: they are redone."""
-    return row.get("min_steps", 0) == min_steps_of(row["route"])
 
 
 def stages_for(task: str, args: argparse.Namespace) -> str:

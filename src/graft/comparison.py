@@ -126,7 +126,7 @@ def measure_throughput(recipe: Any, images: Any, batch: int = 32) -> Throughput:
 def estimate_seconds(route: str, recipe: Any, sizes: dict[str, int], speed: Throughput) -> float:
     """Expected seconds of one run: features of every image for cached-feature routes; otherwise every epoch
     of the recipe's stages (stretched to ``train.min_steps``) over the training images plus validation, and the test images once."""
-    from graft.routes import FEATURES_ONLY
+    from graft.routes import FEATURES_ONLY, USES_MIN_STEPS
     from graft.train.groups import parse_stages
 
     everything = sum(sizes.values()) * speed.infer
@@ -137,8 +137,8 @@ def estimate_seconds(route: str, recipe: Any, sizes: dict[str, int], speed: Thro
     stages = parse_stages(recipe.train.stages)
     batch = train_batch_size(sizes["train"], recipe.data.batch_size)
     steps = max(1, sizes["train"] // batch)
-    # lpft's probe-trained head is never stretched to train.min_steps (routes/lpft.py)
-    epochs = sum(s.epochs for s in stages) * stretch_factor(steps, stages, 0 if route == "lpft" else recipe.train.min_steps)
+    floor = recipe.train.min_steps if USES_MIN_STEPS.get(route, True) else 0
+    epochs = sum(s.epochs for s in stages) * stretch_factor(steps, stages, floor)
     return everything + epochs * (sizes["train"] * speed.train + sizes["val"] * speed.infer)
 
 

@@ -7,11 +7,14 @@ from graft.train.groups import parse_stages
 from graft.train.loop import train_stages
 
 
-def run_stages(context: Context, model, stages, use_min_steps: bool = True) -> RouteResult:
-    """``use_min_steps=False`` when the head is already trained: no stretching to ``train.min_steps``."""
+def run_stages(context: Context, model, stages) -> RouteResult:
+    """Train ``model`` through ``stages`` in graft's one loop; stretched to ``train.min_steps`` unless the route is
+    registered with ``min_steps=False``."""
+    from graft.routes import USES_MIN_STEPS
+
     history = train_stages(context.fabric, model, stages, context.train, context.val, context.preprocessing(model),
                            context.recipe, context.run, context.reporter, callbacks=context.callbacks,
-                           checkpoint=context.checkpoint, channels_last=context.recipe.model.channels_last, use_min_steps=use_min_steps)
+                           checkpoint=context.checkpoint, channels_last=context.recipe.model.channels_last, use_min_steps=USES_MIN_STEPS.get(context.recipe.route, True))
     return RouteResult(model, {"stages": [s.__dict__ for s in stages]}, history)
 
 
