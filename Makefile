@@ -17,4 +17,6 @@ test: install browser
 	$(PYTHON) -m pytest -q
 
 bench: install
+	$(PIP_INSTALL) -e ".[test,bench]"
 	$(PYTHON) bench/transfer_basics.py
+	$(PYTHON) bench/baselines.py
