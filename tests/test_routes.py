@@ -111,3 +111,24 @@ def test_tiny_sets_are_stretched_to_min_steps(toy_npz, source_run, tmp_path):
     # step decay keeps its place in the schedule as given: lr_factor sees epoch // stretch
     config = TrainConfig(schedule="step", step_epochs=1, warmup_epochs=0)
     assert lr_factor(config, 0.5, 9 // 10, 1) == 1.0 and lr_factor(config, 0.5, 10 // 10, 2) == config.step_gamma
+
+
+def test_probe_blas_limit_gives_the_same_head_and_is_lifted_afterwards():
+    """``linear.blas_threads`` only changes how the solves run: same C, the same head (to solver tolerance),
+    and the process's BLAS thread count is back to what it was once the probe returns."""
+    from threadpoolctl import threadpool_info
+
+    from graft.probe import fit_probe
+    from graft.recipe import LinearConfig
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 3, (3, 40))
+    labels = np.repeat(np.arange(3), 30)
+    features = (centres[labels] + rng.normal(0, 1, (90, 40))).astype(np.float32)
+    before = [pool["num_threads"] for pool in threadpool_info()]
+    limited = fit_probe(features, labels, None, None, 3, LinearConfig(blas_threads=1))
+    assert [pool["num_threads"] for pool in threadpool_info()] == before
+    free = fit_probe(features, labels, None, None, 3, LinearConfig(blas_threads=0))
+    assert limited.c == free.c and limited.scores == free.scores
+    np.testing.assert_allclose(limited.weight, free.weight, atol=1e-3)
+    assert (np.argmax(features @ limited.weight.T + limited.bias, 1) == labels).mean() > 0.9

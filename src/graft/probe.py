@@ -3,6 +3,9 @@
 Regularisation strength C is chosen on the validation split, or by stratified k-fold
 cross-validation on the training features when there is no validation split.
 The fitted (standardised) model is folded into one Linear layer's weight and bias.
+The solves run with ``linear.blas_threads`` BLAS threads (1 by default): these are many small
+L-BFGS iterations, for which OpenBLAS's threads cost more than they give (measured on 2 cores:
+the 30 cross-validation fits on 1,000 MobileNetV2 features take 19.2 s with 2 threads, 2.6 s with 1).
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from graft.recipe import LinearConfig
 
@@ -45,6 +49,12 @@ def _accuracy(scaler: StandardScaler, model: LogisticRegression, features: np.nd
 def fit_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None, val_y: np.ndarray | None,
               num_classes: int, config: LinearConfig, seed: int = 0) -> ProbeResult:
     """Choose C, refit on the training features, and return the head as (weight, bias) on raw features."""
+    with threadpool_limits(limits=config.blas_threads or None, user_api="blas"):  # None: leave BLAS as it is
+        return _fit_probe(train_x, train_y, val_x, val_y, num_classes, config, seed)
+
+
+def _fit_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None, val_y: np.ndarray | None,
+               num_classes: int, config: LinearConfig, seed: int) -> ProbeResult:
     scores: dict[float, float] = {}
     if val_x is not None and len(val_x):
         selection = "validation"

@@ -51,6 +51,7 @@ class LinearConfig:
     c_grid: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 1e-1])  # on standardised features
     max_iter: int = 300
     cache: bool = True
+    blas_threads: int = 1  # BLAS threads for the solves (0: the library's default); see graft.probe
 
 
 @dataclass
