@@ -16,7 +16,7 @@ demo: install
 test: install browser
 	$(PYTHON) -m pytest -q
 
-bench: install
+bench:
 	$(PIP_INSTALL) -e ".[test,bench]"
 	$(PYTHON) bench/transfer_basics.py
 	$(PYTHON) bench/baselines.py

@@ -10,7 +10,7 @@ GRAFT_THREADS=1), so the time ratios compare like with like:
   BatchNorm in train mode) for ``--epochs`` epochs;
 - ``fastai``: fastai's ``vision_learner`` (timm arch, fastai's head, ``aug_transforms``, Adam, one-cycle) and
   ``learn.fine_tune(E)`` (fastai's default recipe: one frozen epoch, then E epochs unfrozen), E = ``--epochs``-1;
-  needs ``pip install -c constraints.txt fastai`` (the row is skipped without it);
+  needs ``pip install -c constraints.txt -e ".[bench]"`` (the row is skipped without it);
 - ``graft-linear``, ``graft-lpft`` and ``graft-finetune``: ``graft.fit`` with graft's defaults (input size and the
   epochs of the gradient stages aside), each with a fresh feature cache, so no run reuses another's features.
 
@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--image-size", type=int, default=96)
-    parser.add_argument("--epochs", type=int, default=0, help="gradient epochs of naive-sgd, fastai and graft-lpft "
+    parser.add_argument("--epochs", type=int, default=0, help="gradient epochs of naive-sgd, fastai, graft-lpft and graft-finetune "
                         "(0: 10 on cifar10-100, graft's default new:1,all:9; 5 on pneumonia, the reference's 5-epoch fine-tune)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "baselines.json"))
     parser.add_argument("--table", action="store_true", help="only print the table of the results saved in --out")
@@ -156,8 +156,9 @@ def main() -> None:
     import timm  # noqa: F401
     try:
         import fastai.vision.all  # noqa: F401
+        have_fastai = True
     except ImportError:
-        pass
+        have_fastai = False
     done = {(r["task"], r["method"], r["seed"]) for r in json.loads(out.read_text())["runs"]} if out.exists() else set()
     session = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"  # rows timed in this process; ratios stay within one
     work = Path(tempfile.mkdtemp(prefix="graft-baselines-"))
@@ -169,12 +170,9 @@ def main() -> None:
                 todo.insert(0, "plain-probe")  # the ratios' denominator is always timed in the same process
             files = task_files(task, seed, work) if todo else {}
             for method in todo:
-                if method == "fastai":
-                    try:
-                        import fastai  # noqa: F401
-                    except ImportError:
-                        print("fastai is not installed (pip install -c constraints.txt fastai): row skipped")
-                        continue
+                if method == "fastai" and not have_fastai:
+                    print("fastai is not installed (pip install -c constraints.txt -e \".[bench]\"): row skipped")
+                    continue
                 call = {"plain-probe": lambda: plain_probe(files, args.image_size, seed),
                         "naive-sgd": lambda: naive_sgd(files, args.image_size, seed, epochs),
                         "fastai": lambda: fastai_fine_tune(files, args.image_size, seed, epochs)}.get(
