@@ -72,9 +72,22 @@ def min_steps_of(route: str) -> int:
     return 0 if FEATURES_ONLY[route] or not USES_MIN_STEPS[route] else Recipe().train.min_steps
 
 
+def head_init_of(route: str) -> str:
+    """How a route's new head starts by default (``model.head_init``); "-" for routes where it does not matter: the
+    probe's head (``linear``, ``lpft``) is fitted, not trained from its start, and ``scratch`` is random throughout."""
+    from graft.recipe import Recipe
+    from graft.routes import FEATURES_ONLY, USES_MIN_STEPS, USES_PRETRAINED, route_names
+
+    route_names()  # fills the registry
+    trains_new_head = USES_PRETRAINED[route] and USES_MIN_STEPS[route] and not FEATURES_ONLY[route]
+    return Recipe().model.head_init if trains_new_head else "-"
+
+
 def current(row: dict[str, Any]) -> bool:
-    """Rows made under another step floor measured another schedule: they are redone (a bench row records its floor)."""
-    return row.get("min_steps", 0) == min_steps_of(row["route"])
+    """Rows made under another step floor or another head initialisation measured another model: they are redone
+    (a bench row records both; rows from before ``model.head_init`` existed had the library's initialisation)."""
+    expected = head_init_of(row["route"])
+    return row.get("min_steps", 0) == min_steps_of(row["route"]) and (expected == "-" or row.get("head_init", "library") == expected)
 
 
 def save(path: Path, data: Any) -> None:

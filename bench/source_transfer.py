@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import SHARED, add_row, current, mean_std, min_steps_of, save
+from common import SHARED, add_row, current, head_init_of, mean_std, min_steps_of, save
 
 ROUTES = ["scratch", "linear", "finetune", "lpft"]
 ARCH = "exemplar-64c5-64c5-128f"
@@ -95,7 +95,7 @@ def main() -> None:
                                 overrides=["data.test_fraction=0", f"runtime.seed={seed}", f"train.stages={args.stages}"]
                                 + (["model.pretrained=false", "train.bn_mode=train"] if route == "scratch" else []))
                 row = {"shots": shots, "route": route, "seed": seed, "test_accuracy": run.metrics["test_accuracy"],
-                       "test_count": run.metrics["test_count"], "seconds": round(time.time() - started, 1), "min_steps": min_steps_of(route)}
+                       "test_count": run.metrics["test_count"], "seconds": round(time.time() - started, 1), "min_steps": min_steps_of(route), "head_init": head_init_of(route)}
                 results = add_row(out, row, current)
                 print(row, flush=True)
                 shutil.rmtree(run.path, ignore_errors=True)

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import MOBILENET, SHARED, add_row, current, mean_std, min_steps_of, require_shared, save, subset_npz
+from common import MOBILENET, SHARED, add_row, current, head_init_of, mean_std, min_steps_of, require_shared, save, subset_npz
 
 ROUTES = ["scratch", "linear", "finetune", "lpft"]
 TASKS = ["cifar10-10", "cifar10-100", "cifar10-1000", "pneumonia"]
@@ -73,7 +73,7 @@ def main() -> None:
                                            f"train.stages={stages_for(task, args)}"])
                 row = {"task": task, "route": route, "seed": seed, "test_accuracy": run.metrics["test_accuracy"],
                        "seconds": round(time.time() - started, 1), "stages": stages_for(task, args) if route != "linear" else "-",
-                       "min_steps": min_steps_of(route)}
+                       "min_steps": min_steps_of(route), "head_init": head_init_of(route)}
                 results = add_row(out, row, current, config=vars(args))
                 print(row, flush=True)
                 shutil.rmtree(run.path, ignore_errors=True)

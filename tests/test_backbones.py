@@ -89,3 +89,29 @@ def test_stage_trainable_sets():
     assert parse_stages("new:1,top-2:3,all:4") == [Stage("new", 1), Stage("top-2", 3), Stage("all", 4)]
     with pytest.raises(GraftError, match="NAME:EPOCHS"):
         parse_stages("everything:3")
+
+
+def test_new_head_on_pretrained_weights_starts_at_zero_and_predicts_uniformly(tmp_path):
+    from safetensors.torch import save_file
+
+    source = create_model("graft_convnet_s", 7, pretrained=False)
+    path = tmp_path / "w.safetensors"
+    save_file(source.state_dict(), str(path))
+    model = create_model("graft_convnet_s", 5, weights=str(path)).eval()
+    head = model.get_classifier()
+    assert not head.weight.any() and not head.bias.any()
+    logits = model(torch.rand(4, 3, 16, 16))
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3]))
+    assert torch.allclose(loss, torch.log(torch.tensor(5.0)))  # the uniform prediction: loss ln C, whatever the features
+    small = create_model("graft_convnet_s", 5, weights=str(path), head_init="small").get_classifier()
+    assert 0 < small.weight.abs().max() <= 0.02 and not small.bias.any()
+    library = create_model("graft_convnet_s", 5, weights=str(path), head_init="library").get_classifier()
+    assert library.weight.abs().max() > 0.02  # the library's own (PyTorch Linear) initialisation, as before
+
+
+def test_random_network_keeps_its_library_initialisation_and_bad_head_init_is_refused(tmp_path):
+    torch.manual_seed(0)
+    scratch = create_model("graft_convnet_s", 5, pretrained=False).get_classifier()
+    assert scratch.weight.abs().max() > 0.02
+    with pytest.raises(GraftError, match=r"unknown head initialisation 'ones' \(model.head_init\).*zeros, small, library"):
+        create_model("graft_convnet_s", 5, pretrained=False, head_init="ones")

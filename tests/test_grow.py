@@ -57,7 +57,8 @@ def test_zero_new_classifier_weights_give_the_plain_heads_logits(kind):
 def test_gamma_receives_gradients():
     torch.manual_seed(2)
     model = create_model("graft_alexnet_32", 3, pretrained=False)
-    head = grow(model, "width2", 3, 16, None, True, 10.0, 0.5, 32)
+    # a classifier at zero passes no gradient back on the first step: the wiring is checked with a random one
+    head = grow(model, "width2", 3, 16, None, True, 10.0, 0.5, 32, head_init="library")
     model.train()
     loss = torch.nn.functional.cross_entropy(model(torch.randn(6, 3, 32, 32)), torch.tensor([0, 1, 2, 0, 1, 2]))
     loss.backward()

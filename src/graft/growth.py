@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from graft.backbones import init_new_classifier
 from graft.errors import GraftError
 
 KINDS = ("depth", "width", "both", "width2")
@@ -200,13 +201,15 @@ def _captured_sizes(model: nn.Module, top: str, lower: str, image_size: int) -> 
 
 
 def grow(model: nn.Module, kind: str, outputs: int, units: Optional[int], depth_units: Optional[int], normalize: bool,
-         gamma: float, dropout: float, image_size: int, task: str = "task", keep_classifier: Optional[str] = None) -> GrowthHead:
+         gamma: float, dropout: float, image_size: int, task: str = "task", keep_classifier: Optional[str] = None,
+         head_init: str = "zeros") -> GrowthHead:
     """Grow ``model`` in place for a new task of ``outputs`` classes; returns its :class:`GrowthHead`.
 
     A :class:`GrowthHead` keeps all its earlier tasks. A plain Linear classifier is dropped, or, with
     ``keep_classifier`` (its task's name), kept with its weights as task 0 (continual growth from a
     source run). ``units`` (S) defaults to half of the pooled width D (the paper's 2048 of 4096),
-    ``depth_units`` to D.
+    ``depth_units`` to D. The new task's classifier starts as ``head_init`` (:func:`graft.backbones.init_new_classifier`);
+    new units keep PyTorch's initialisation (units at zero behind a ReLU would never train).
     """
     if kind not in KINDS:
         raise GraftError(f"unknown growth '{kind}'; choose one of {', '.join(KINDS)}")
@@ -238,6 +241,7 @@ def grow(model: nn.Module, kind: str, outputs: int, units: Optional[int], depth_
                           "gamma": gamma, "dropout": dropout})
     spec["active"] = len(spec["tasks"]) - 1
     new_head = GrowthHead(spec, model)
+    init_new_classifier(new_head.tasks[-1].classifier, head_init)
     if previous is not None:
         new_head.load_state_dict(head.state_dict(), strict=False)  # earlier branches and task heads keep their weights
     elif keep_classifier is not None:

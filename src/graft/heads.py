@@ -11,14 +11,15 @@ from typing import Any
 
 from torch import nn
 
-from graft.backbones import head_prefix
+from graft.backbones import head_prefix, init_new_classifier
 
 
 class AdaptationHead(nn.Sequential):
     """(B, D) features -> FCa (D -> hidden) -> ReLU -> Dropout -> FCb (hidden -> outputs) -> (B, outputs) logits."""
 
-    def __init__(self, features: int, outputs: int, hidden: int = 2048, dropout: float = 0.5) -> None:
+    def __init__(self, features: int, outputs: int, hidden: int = 2048, dropout: float = 0.5, head_init: str = "zeros") -> None:
         super().__init__(nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, outputs))
+        init_new_classifier(self[-1], head_init)  # FCb starts small; FCa keeps PyTorch's init (a zero FCa would never train)
         self.spec = {"kind": "adapt", "hidden": hidden, "dropout": dropout, "outputs": outputs}
 
 

@@ -42,6 +42,9 @@ class ModelConfig:
     weights: Optional[str] = None  # .safetensors/.pth file, or a graft run directory
     pretrained: bool = True  # use the hub (or --weights); False: random init
     channels_last: bool = True  # about 2x faster convolutions on CPU
+    # a new head on pretrained weights starts at zero (zeros | small: truncated normal std 0.01 | library: the library's
+    # own init); see graft.backbones.factory.init_new_classifier
+    head_init: str = "zeros"
 
 
 @dataclass

@@ -41,7 +41,7 @@ def score_function(features: np.ndarray, images: ImageSet) -> tuple[Callable[[nn
 def adapt(context: Context) -> RouteResult:
     config, recipe = context.recipe.adapt, context.recipe
     model = context.model()
-    head = AdaptationHead(model.num_features, context.num_classes, config.hidden, config.dropout)
+    head = AdaptationHead(model.num_features, context.num_classes, config.hidden, config.dropout, context.recipe.model.head_init)
     attach_head(model, head)
     before = weights_hash(model)
     info = {"head": head.spec}

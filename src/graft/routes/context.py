@@ -55,7 +55,7 @@ class Context:
         m = self.recipe.model
         pretrained = USES_PRETRAINED.get(self.recipe.route, True) if pretrained is None else pretrained
         return create_model(m.backbone, self.num_classes, weights=m.weights if pretrained else None,
-                            pretrained=pretrained and m.pretrained)
+                            pretrained=pretrained and m.pretrained, head_init=m.head_init)
 
     def preprocessing(self, model: nn.Module) -> Preprocessing:
         return resolve_preprocessing(timm.data.resolve_model_data_config(model), self.recipe.data)

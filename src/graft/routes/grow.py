@@ -105,7 +105,7 @@ def grow_route(context: Context, kind: str) -> RouteResult:
     normalize = config.normalize if config.normalize is not None else kind != "depth"
     keep = tasks[0]["name"] if previous and not isinstance(model.get_classifier(), GrowthHead) else None
     head = grow(model, kind, context.num_classes, config.units, config.depth_units, normalize, config.gamma, config.dropout,
-                pre.size, task=name, keep_classifier=keep)
+                pre.size, task=name, keep_classifier=keep, head_init=recipe.model.head_init)
     step = LwfStep(teacher, list(range(len(head.tasks) - 1)), config.lwf, config.lwf_temperature) if teacher is not None else None
     trained = dataclasses.replace(recipe, train=paper_train(recipe))
     context.reporter.print(f"{kind}: {sum(p.numel() for p in head.parameters()):,} parameters in new units and heads; "

@@ -82,7 +82,7 @@ def window_set(images: ImageSet, config: PatchesConfig, size: int, seed: int) ->
 def patches(context: Context) -> RouteResult:
     config, recipe = context.recipe.patches, context.recipe
     model = context.model()
-    head = AdaptationHead(model.num_features, context.num_classes + 1, recipe.adapt.hidden, recipe.adapt.dropout)
+    head = AdaptationHead(model.num_features, context.num_classes + 1, recipe.adapt.hidden, recipe.adapt.dropout, recipe.model.head_init)
     attach_head(model, head)
     before = weights_hash(model)
     background = context.num_classes
