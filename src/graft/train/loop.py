@@ -7,10 +7,11 @@ exactly what the uninterrupted one would have done.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
 import torch
 from lightning_fabric import Fabric
@@ -26,6 +27,48 @@ from graft.train.groups import Stage, apply_stage, optimizer_groups, trainable_n
 from graft.train.steps import MultiLabelStep, SupervisedStep, batch_loss, hits
 
 Callback = Callable[[dict[str, Any]], None]
+
+
+class RunParts(Protocol):
+    """What a route's context carries that the loop needs (:class:`graft.routes.context.Context` has it)."""
+
+    fabric: Fabric
+    recipe: Recipe
+    run: RunDirectory
+    reporter: Reporter
+    callbacks: Sequence[Callback]
+    checkpoint: Optional[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class LoopSetup:
+    """Everything :func:`train_stages` needs besides the model, its stages and its data.
+
+    ``preprocessing`` turns ImageSets into tensors (the model's input size and normalisation); ``checkpoint``
+    (from :meth:`RunDirectory.load_checkpoint`) continues an interrupted run; ``use_min_steps=False`` keeps
+    the epochs as given even below ``train.min_steps`` (the head is already trained, as LP-FT's probe).
+    """
+
+    fabric: Fabric
+    recipe: Recipe
+    run: RunDirectory
+    reporter: Reporter
+    preprocessing: Preprocessing
+    callbacks: Sequence[Callback] = ()
+    checkpoint: Optional[dict[str, Any]] = None
+    use_min_steps: bool = True
+
+    @classmethod
+    def of(cls, context: RunParts, preprocessing: Preprocessing, **changes: Any) -> "LoopSetup":
+        """The setup of a route's ``context`` (its Fabric, recipe, run, reporter, callbacks and checkpoint);
+        ``changes`` replace fields (e.g. ``recipe=`` a route's own training schedule, ``use_min_steps=``)."""
+        setup = cls(context.fabric, context.recipe, context.run, context.reporter, preprocessing, tuple(context.callbacks),
+                    context.checkpoint)
+        return dataclasses.replace(setup, **changes) if changes else setup
+
+    @property
+    def channels_last(self) -> bool:
+        return self.recipe.model.channels_last
 
 
 @dataclass
@@ -112,23 +155,21 @@ def _dataset(images: ImageSet | Dataset, transform: Callable[[torch.Tensor], tor
     return images if isinstance(images, Dataset) else TransformedImages(images, transform, indexed)
 
 
-def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], train: ImageSet | Dataset, val: Optional[ImageSet | Dataset],
-                 pre: Preprocessing, recipe: Recipe, run: RunDirectory, reporter: Reporter,
-                 step: Optional[Callable[..., dict[str, torch.Tensor]]] = None, callbacks: Sequence[Callback] = (),
-                 checkpoint: Optional[dict[str, Any]] = None, channels_last: bool = True,
-                 unlabeled: Optional[ImageSet] = None, use_min_steps: bool = True) -> list[dict[str, Any]]:
+def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], train: ImageSet | Dataset,
+                 val: Optional[ImageSet | Dataset], step: Optional[Callable[..., dict[str, torch.Tensor]]] = None,
+                 unlabeled: Optional[ImageSet] = None) -> list[dict[str, Any]]:
     """Train ``model`` in place through ``stages``; restore the best validation weights at the end.
 
-    ``checkpoint`` (from :meth:`RunDirectory.load_checkpoint`) continues an interrupted run.
     ``unlabeled``: a second set drawn alongside (pseudo-labels, distillation); the step is then called as
     ``step(module, batch, unlabeled=batch)``, an epoch is one pass over the longer of the two sets, the
     shorter one cycles. A step with an ``indexed`` attribute gets (images, labels, indices) batches, and
     one with a ``progress`` attribute gets the fraction of training done set before each batch.
     ``train``/``val`` may be ready-made datasets of (image tensor, label) that bring their own
-    transforms (e.g. Exemplar-CNN surrogate copies); ImageSets go through ``pre`` and the recipe's augmentation.
-    ``use_min_steps=False``: epochs as given even below ``train.min_steps`` (the head is already trained, as LP-FT's probe).
-    Returns the per-epoch history (also appended to metrics.jsonl).
+    transforms (e.g. Exemplar-CNN surrogate copies); ImageSets go through ``setup.preprocessing`` and the
+    recipe's augmentation. Returns the per-epoch history (also appended to metrics.jsonl).
     """
+    fabric, recipe, run, reporter, pre = setup.fabric, setup.recipe, setup.run, setup.reporter, setup.preprocessing
+    checkpoint, channels_last = setup.checkpoint, setup.channels_last
     config = recipe.train
     batch_size = train_batch_size(len(train), recipe.data.batch_size)
     generator = torch.Generator()
@@ -153,7 +194,7 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
         model.to(memory_format=torch.channels_last)
 
     steps = max(len(train_loader), len(unlabeled_loader) if unlabeled_loader is not None else 0)
-    stretch = stretch_factor(steps, stages, config.min_steps if use_min_steps else 0)
+    stretch = stretch_factor(steps, stages, config.min_steps if setup.use_min_steps else 0)
     if stretch > 1:
         stages = [Stage(s.train, s.epochs * stretch) for s in stages]
         reporter.print(f"{steps} steps an epoch: epochs x{stretch} to reach train.min_steps={config.min_steps} "
@@ -236,7 +277,7 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
             run.save_checkpoint(model, optimizer, best, {"loop": asdict(state)})
             reporter.print("  " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
                                             if k not in ("event", "stage", "stage_name")))
-            for callback in callbacks:
+            for callback in setup.callbacks:
                 callback(record)
             if stop:
                 reporter.print(f"  early stop: no validation gain for {config.patience} epochs")
