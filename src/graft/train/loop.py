@@ -24,6 +24,7 @@ from graft.data.transforms import Preprocessing, TransformedImages, batch_mixer,
 from graft.recipe import Recipe, TrainConfig
 from graft.runs import RunDirectory
 from graft.train.groups import Stage, apply_stage, optimizer_groups, trainable_names
+from graft.train.schedule import BestWeights, epoch_seed, lr_factor, make_optimizer, set_learning_rates
 from graft.train.steps import MultiLabelStep, SupervisedStep, batch_loss, hits
 
 Callback = Callable[[dict[str, Any]], None]
@@ -84,24 +85,6 @@ class LoopState:
     global_epoch: int = 0
 
 
-def lr_factor(config: TrainConfig, progress: float, epoch: int, epochs: int) -> float:
-    """Multiplier of each group's base lr: linear warm-up then cosine to 0, step decay, or constant."""
-    warm = config.warmup_epochs / max(epochs, 1)
-    if progress < warm:
-        return 0.1 + 0.9 * progress / warm
-    if config.schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * (progress - warm) / max(1 - warm, 1e-8)))
-    if config.schedule == "step":
-        return config.step_gamma ** (epoch // config.step_epochs)
-    return 1.0
-
-
-def make_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=config.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=groups[0]["lr"])
-
-
 def train_batch_size(images: int, batch_size: int) -> int:
     """Tiny sets still get several optimizer steps per epoch: at least 4, batches no smaller than 8."""
     return max(1, min(batch_size, max(8, images // 4), images))
@@ -117,10 +100,6 @@ def stretch_factor(steps_per_epoch: int, stages: Sequence[Stage], min_steps: int
     """
     total = steps_per_epoch * sum(s.epochs for s in stages)
     return max(1, math.ceil(min_steps / total)) if total and min_steps > 0 else 1
-
-
-def _seed(seed: int, stage: int, epoch: int) -> int:
-    return (seed * 1_000_003 + stage * 10_007 + epoch * 101) % (2**31)
 
 
 @torch.no_grad()
@@ -203,18 +182,18 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
         run.log(event="schedule", steps_per_epoch=steps, stretch=stretch, stages=",".join(f"{s.train}:{s.epochs}" for s in stages))
 
     state = LoopState()
-    best: Optional[dict[str, torch.Tensor]] = None
+    best = BestWeights()
     if checkpoint is not None:
         state = LoopState(**checkpoint["state"]["loop"])
         model.load_state_dict(checkpoint["model"])
-        best = checkpoint["best"]
+        best = BestWeights((state.best_accuracy, -state.best_loss), checkpoint["best"])
     history: list[dict[str, Any]] = []
     if checkpoint is None and val_loader is not None:
         # the starting model competes too: LP-FT never ends below its probe on validation
         module = fabric.setup_module(model)
         state.best_accuracy, state.best_loss = validate(fabric, module, val_loader)
         state.best_at = [0, 0]
-        best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        best.keep(model, (state.best_accuracy, -state.best_loss))
         run.log(event="initial", val_accuracy=state.best_accuracy, val_loss=state.best_loss)
 
     for index in range(state.stage, len(stages)):
@@ -232,9 +211,9 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
                        f"{sum(p.numel() for n, p in model.named_parameters() if n in trainable):,} trainable parameters")
         for epoch in range(state.epoch, stage.epochs):
             started = time.time()
-            torch.manual_seed(_seed(recipe.runtime.seed, index, epoch))
-            generator.manual_seed(_seed(recipe.runtime.seed + 1, index, epoch))
-            unlabeled_generator.manual_seed(_seed(recipe.runtime.seed + 2, index, epoch))
+            torch.manual_seed(epoch_seed(recipe.runtime.seed, index, epoch))
+            generator.manual_seed(epoch_seed(recipe.runtime.seed + 1, index, epoch))
+            unlabeled_generator.manual_seed(epoch_seed(recipe.runtime.seed + 2, index, epoch))
             for loader in (train_loader, unlabeled_loader):
                 if isinstance(getattr(loader, "sampler", None), DistributedSampler):
                     loader.sampler.set_epoch(state.global_epoch)
@@ -243,9 +222,8 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
             batches = _paired(train_loader, unlabeled_loader, steps)
             for i, (batch, extra) in enumerate(reporter.track(batches, steps, f"{stage.train} epoch {epoch + 1}/{stage.epochs}")):
                 # warm-up and step decay keep their place in the schedule as given, before any stretch
-                factor = lr_factor(config, (epoch * steps + i) / (stage.epochs * steps), epoch // stretch, stage.epochs // stretch)
-                for group in optimizer.param_groups:
-                    group["lr"] = group["base_lr"] * factor
+                set_learning_rates(optimizer, lr_factor(config, (epoch * steps + i) / (stage.epochs * steps), epoch // stretch,
+                                                        stage.epochs // stretch))
                 if hasattr(step, "progress"):
                     step.progress = (epochs_before + epoch + i / steps) / total_epochs
                 if channels_last:
@@ -264,9 +242,8 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
             if val_loader is not None:
                 accuracy, loss = validate(fabric, module, val_loader)
                 record.update(val_accuracy=accuracy, val_loss=loss)
-                if accuracy > state.best_accuracy or (accuracy == state.best_accuracy and loss < state.best_loss):
+                if best.offer(model, (accuracy, -loss)):  # ties in accuracy go to the lower loss
                     state.best_accuracy, state.best_loss, state.best_at, state.bad_epochs = accuracy, loss, [index, epoch + 1], 0
-                    best = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 else:
                     state.bad_epochs += 1
                 stop = config.patience is not None and state.bad_epochs >= config.patience
@@ -274,7 +251,7 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
             history.append(record)
             run.log(**record)
             state.epoch, state.global_epoch = (stage.epochs if stop else epoch + 1), state.global_epoch + 1
-            run.save_checkpoint(model, optimizer, best, {"loop": asdict(state)})
+            run.save_checkpoint(model, optimizer, best.state, {"loop": asdict(state)})
             reporter.print("  " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
                                             if k not in ("event", "stage", "stage_name")))
             for callback in setup.callbacks:
@@ -285,6 +262,5 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
                 break
         state.stage, state.epoch, state.bad_epochs = index + 1, 0, 0
         checkpoint = None
-    if best is not None:
-        model.load_state_dict(best)
+    best.restore(model)
     return history
