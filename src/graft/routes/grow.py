@@ -16,13 +16,12 @@ from typing import Any, Optional
 from torch import nn
 
 from graft.errors import GraftError
-from graft.growth import GrowthHead, grow
+from graft.growth import GrowthHead, LwfStep, grow
 from graft.recipe import Recipe, TrainConfig
 from graft.routes import register_route
 from graft.routes.context import Context, RouteResult
 from graft.train.groups import Stage
 from graft.train.loop import LoopSetup, train_stages
-from graft.train.steps import LwfStep
 
 # the paper's fine-tuning recipe (sec. 5, implementation details); the bench's fine-tune baseline uses the same
 PAPER_TRAIN: dict[str, Any] = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step", "step_gamma": 0.1,

@@ -70,31 +70,3 @@ def batch_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mea
         per_image = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none").mean(1)
         return per_image.sum() if reduction == "sum" else per_image.mean()
     return nn.functional.cross_entropy(logits.float(), labels, reduction=reduction)
-
-
-class LwfStep:
-    """Cross-entropy on the new task plus Learning without Forgetting (Li & Hoiem 2016) for the earlier tasks.
-
-    The earlier tasks' outputs on the new task's images come from a frozen copy of the network taken before
-    growing (``teacher``); each earlier task adds ``weight * T^2 * KL(softmax(teacher/T) || softmax(student/T))``.
-    Without augmentation this equals recording the outputs once before training, as in the paper.
-    """
-
-    def __init__(self, teacher: nn.Module, old_tasks: list[int], weight: float, temperature: float = 2.0) -> None:
-        self.teacher = teacher.eval().requires_grad_(False)
-        self.old_tasks = old_tasks
-        self.weight = weight
-        self.temperature = temperature
-
-    def __call__(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], train: bool = True) -> dict[str, torch.Tensor]:
-        from graft.growth import all_task_logits
-
-        images, labels = batch
-        with torch.no_grad():
-            _, targets = all_task_logits(self.teacher, images)
-        logits, outputs = all_task_logits(model, images)
-        t = self.temperature
-        distill = sum(nn.functional.kl_div(nn.functional.log_softmax(outputs[i] / t, 1), nn.functional.softmax(targets[i] / t, 1),
-                                           reduction="batchmean") * t * t for i in self.old_tasks)
-        cross_entropy = nn.functional.cross_entropy(logits, labels)
-        return {"loss": cross_entropy + self.weight * distill, "logits": logits, "labels": labels, "distill": distill.detach()}
