@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
+from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from graft.console import Reporter
@@ -37,8 +38,7 @@ def fit_head(head: nn.Module, features: np.ndarray, targets: np.ndarray, config:
     # without loss_weights every row weighs 1: weighted or not, a head takes the same per-row arithmetic
     weights = torch.ones(len(x)) if loss_weights is None else torch.from_numpy(np.asarray(loss_weights, np.float32))
     draw = None if draw_weights is None else torch.from_numpy(np.asarray(draw_weights, np.float64))
-    groups = [{"params": [p for p in head.parameters() if p.ndim > 1], "weight_decay": config.weight_decay},
-              {"params": [p for p in head.parameters() if p.ndim <= 1], "weight_decay": 0.0}]
+    groups = param_groups_weight_decay(head, config.weight_decay)  # biases and other 1-D parameters: no decay
     for group in groups:
         group["lr"] = group["base_lr"] = config.lr
     optimizer = make_optimizer(config, groups)
