@@ -118,10 +118,14 @@ def test_no_decay_follows_timm_biases_norms_and_the_models_own_list():
 
 
 def test_mixup_cutmix_and_strong_augmentation_train(toy_npz, source_run, tmp_path):
-    run = graft.fit(toy_npz, route="finetune", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "mix",
-                    quiet=True, overrides=[*FAST, "train.stages=all:2", "train.augment.preset=strong", "train.augment.mixup=0.2",
-                                           "train.augment.cutmix=1.0", "data.image_size=24"])
-    assert np.isfinite(run.metrics["test_accuracy"])
+    common = [*FAST, "train.stages=all:2", "train.augment.preset=strong", "data.image_size=24"]
+    mixed = graft.fit(toy_npz, route="finetune", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "mix",
+                      quiet=True, overrides=[*common, "train.augment.mixup=0.2", "train.augment.cutmix=1.0"])
+    plain = graft.fit(toy_npz, route="finetune", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "plain",
+                      quiet=True, overrides=common)
+    assert np.isfinite(mixed.metrics["test_accuracy"])
+    a, b = load_file(str(mixed.path / "model.safetensors")), load_file(str(plain.path / "model.safetensors"))
+    assert not torch.equal(a["head.weight"], b["head.weight"])  # same seed and images: only the batch mixing differs
 
 
 def test_early_stopping_restores_best_epoch(toy_npz, source_run, tmp_path):
