@@ -7,23 +7,10 @@ import torch
 from safetensors.torch import load_file
 
 import graft
-from graft.backbones import weights_hash
 from graft.routes import USES_UNLABELED, route_names
 from graft.runs import RunDirectory, partial_path
 
-from conftest import FAST
-
-
-class Interrupt:
-    """Stops training (as Ctrl-C does) after ``after`` epochs."""
-
-    def __init__(self, after: int) -> None:
-        self.after, self.seen = after, 0
-
-    def __call__(self, record):
-        self.seen += 1
-        if self.seen == self.after:
-            raise KeyboardInterrupt
+from conftest import FAST, Interrupt
 
 # routes whose paper defaults are heavy get smaller settings here (their own tests check the defaults)
 ROUTE_FAST = {"patches": ["patches.max_windows=20", "patches.scales=3", "adapt.hidden=64"]}

@@ -1,6 +1,5 @@
 """graft's training loops: the head-on-features loop against a plain reference, the shared best-weights restore,
 the optimizer's real parameter groups."""
-import dataclasses
 import math
 
 import numpy as np
@@ -105,3 +104,20 @@ def test_fit_head_equals_its_reference_bit_for_bit(case):
     reference_fit(theirs, x, y, spec["config"], 6, 16, 5, weights, draws, score)
     for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_best_weights_break_accuracy_ties_by_loss_and_restore_the_kept_copy():
+    from graft.train.schedule import BestWeights
+
+    layer = nn.Linear(2, 2)
+    best = BestWeights()
+    assert best.offer(layer, (0.5, -1.0))  # the first score is always kept
+    kept = {k: v.clone() for k, v in layer.state_dict().items()}
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    assert not best.offer(layer, (0.5, -1.2)) and not best.offer(layer, (0.4, 0.0))  # same accuracy, higher loss; lower accuracy
+    assert best.offer(layer, (0.5, -0.9))  # same accuracy, lower loss
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    best.restore(layer)
+    assert torch.equal(layer.weight, kept["weight"] + 1.0)  # the copy taken at the offer, not the live weights

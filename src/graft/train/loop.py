@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from graft.console import Reporter
 from graft.data.sources import ImageSet
 from graft.data.transforms import Preprocessing, TransformedImages, batch_mixer, eval_transform, train_transform
-from graft.recipe import Recipe, TrainConfig
+from graft.recipe import Recipe
 from graft.runs import RunDirectory
 from graft.train.groups import Stage, apply_stage, optimizer_groups, trainable_names
 from graft.train.schedule import BestWeights, epoch_seed, lr_factor, make_optimizer, set_learning_rates
