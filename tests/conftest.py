@@ -18,6 +18,18 @@ FAST = ["data.image_size=16", "model.channels_last=false", "data.batch_size=16",
         "train.min_steps=0"]
 
 
+class Interrupt:
+    """Stops training (as Ctrl-C does) after ``after`` epochs."""
+
+    def __init__(self, after: int) -> None:
+        self.after, self.seen = after, 0
+
+    def __call__(self, record):
+        self.seen += 1
+        if self.seen == self.after:
+            raise KeyboardInterrupt
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

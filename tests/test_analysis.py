@@ -101,11 +101,8 @@ def test_analyze_works_for_every_registered_route(route, toy_npz, source_run, tm
     from graft.routes import USES_PRETRAINED, USES_UNLABELED
 
     extra = [f"data.unlabeled={toy_npz}", f"distill.teacher={source_run.path}"] if USES_UNLABELED.get(route) else []
-    try:
-        run = graft.fit(toy_npz, route=route, backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / route,
-                        quiet=True, overrides=[*FAST, "train.stages=new:1,all:1", *extra])
-    except GraftError as error:  # a route needing more than the contract test gives is the contract test's business
-        pytest.skip(f"route {route} did not fit on the toy data: {error}")
+    run = graft.fit(toy_npz, route=route, backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / route,
+                    quiet=True, overrides=[*FAST, "train.stages=new:1,all:1", *extra])  # a route that cannot fit here fails
     analysis = graft.analyze(run.path, count=2, k=3, max_images=30, embedding="tsne")
     assert analysis.report.exists() and analysis.top_after.shape == (2, 3)
     assert analysis.evaluation.accuracy == pytest.approx(run.metrics["test_accuracy"])

@@ -151,3 +151,40 @@ def test_bad_scenario_and_route_are_refused_before_training(alexnet_source, toy_
         Recipe().override(["grow.train=everything"])
     with pytest.raises(graft.GraftError, match="needs a grow route"):
         graft.grow(alexnet_source.path, toy_npz, route="finetune")
+
+
+def test_heads_and_training_layer_never_import_growth_and_a_fresh_process_reloads_a_grown_run(alexnet_source, toy_npz, tmp_path):
+    import ast
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def run_python(code: str) -> str:  # a fresh interpreter on this checkout's graft
+        env = {**os.environ, "PYTHONPATH": str(Path(graft.__file__).parents[1])}
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.strip()
+
+    package = Path(graft.__file__).parent
+    for module in [package / "heads.py", *sorted((package / "train").glob("*.py"))]:
+        imported = {node.module if isinstance(node, ast.ImportFrom) else alias.name
+                    for node in ast.walk(ast.parse(module.read_text())) if isinstance(node, (ast.Import, ast.ImportFrom))
+                    for alias in node.names}
+        assert "graft.growth" not in imported, f"{module.name} imports graft.growth (even inside a function)"
+    run = graft.fit(toy_npz, route="grow-width", backbone=f"run:{alexnet_source.path}", out=tmp_path / "w", quiet=True,
+                    overrides=[*FAST, "grow.epochs=1", "grow.units=8"])
+    # load_run in a process that never imported graft.growth itself still rebuilds the grown head, with its weights
+    logits = run_python(f"import graft, torch; run = graft.load_run({str(run.path)!r}); torch.manual_seed(0); "
+                        "print(type(run.model.get_classifier()).__name__, run.model(torch.rand(2, 3, 16, 16)).sum().item())")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        expected = run.model.eval()(torch.rand(2, 3, 16, 16)).sum().item()
+    name, value = logits.split()
+    assert name == "GrowthHead" and float(value) == pytest.approx(expected, rel=1e-5)
+
+
+def test_unknown_head_kind_is_refused_with_its_name():
+    from graft.errors import GraftError
+    from graft.heads import restore_head
+
+    with pytest.raises(GraftError, match="head kind 'mystery'"):
+        restore_head(create_model("graft_convnet_s", 3, pretrained=False), {"kind": "mystery"})

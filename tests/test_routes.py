@@ -7,10 +7,10 @@ import torch
 from safetensors.torch import load_file
 
 import graft
-from graft.backbones import weights_hash
 from graft.routes import USES_UNLABELED, route_names
+from graft.runs import RunDirectory, partial_path
 
-from conftest import FAST
+from conftest import FAST, Interrupt
 
 # routes whose paper defaults are heavy get smaller settings here (their own tests check the defaults)
 ROUTE_FAST = {"patches": ["patches.max_windows=20", "patches.scales=3", "adapt.hidden=64"]}
@@ -53,6 +53,11 @@ def test_new_stage_trains_only_the_head(toy_npz, source_run, tmp_path):
     for key in before:
         if not key.startswith("head."):
             assert torch.equal(before[key], after[key]), f"{key} changed in a head-only stage"
+    # the head did train: it is no longer the fresh head a model of the same seed starts with
+    fresh = graft.fit(toy_npz, route="finetune", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "ft0",
+                      quiet=True, overrides=[*FAST, "train.stages=new:0", "train.bn_mode=train"])
+    start = load_file(str(fresh.path / "model.safetensors"))
+    assert all(not torch.equal(start[key], after[key]) for key in after if key.startswith("head."))
 
 
 def test_top1_stage_changes_top_group_only_and_frozen_bn_keeps_stats(toy_npz, source_run, tmp_path):
@@ -69,25 +74,63 @@ def test_top1_stage_changes_top_group_only_and_frozen_bn_keeps_stats(toy_npz, so
             assert torch.equal(before[key], after[key]), f"{key}: statistics moved with bn_mode=frozen"
 
 
-def test_learning_rates_are_recorded_with_the_ratio(toy_npz, source_run, tmp_path):
-    run = graft.fit(toy_npz, route="finetune", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "lr",
-                    quiet=True, overrides=[*FAST, "train.stages=all:1", "train.lr=0.02", "train.backbone_lr_ratio=0.1"])
-    recipe = (run.path / "recipe.yaml").read_text()
-    assert "lr: 0.02" in recipe and "backbone_lr_ratio: 0.1" in recipe
+def test_the_optimizer_trains_the_backbone_at_the_ratio_and_decays_only_matrices(toy_npz, source_run, tmp_path):
+    model = graft.load_run(source_run.path).model
+    with pytest.raises(KeyboardInterrupt):  # stopped after one epoch: the checkpoint holds the optimizer that trained
+        graft.fit(toy_npz, route="finetune", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "lr", quiet=True,
+                  callbacks=[Interrupt(1)], overrides=[*FAST, "train.stages=all:2", "train.lr=0.02", "train.backbone_lr_ratio=0.1",
+                                                       "train.schedule=constant", "train.weight_decay=0.05"])
+    checkpoint, _ = RunDirectory.reopen(tmp_path / "lr")
+    groups = {g["name"]: g for g in checkpoint.load_checkpoint()["optimizer"]["param_groups"]}
+    assert {name: (g["lr"], g["weight_decay"]) for name, g in groups.items()} == {
+        "head": (0.02, 0.05), "head_no_decay": (0.02, 0.0), "backbone": (pytest.approx(0.002), 0.05),
+        "backbone_no_decay": (pytest.approx(0.002), 0.0)}
+    parameters = dict(model.named_parameters())
+    head = [n for n in parameters if n.startswith("head.")]
+    count = {"head": sum(parameters[n].ndim > 1 for n in head), "head_no_decay": sum(parameters[n].ndim == 1 for n in head),
+             "backbone": sum(p.ndim > 1 for n, p in parameters.items() if n not in head),
+             "backbone_no_decay": sum(p.ndim == 1 for n, p in parameters.items() if n not in head)}
+    assert {name: len(g["params"]) for name, g in groups.items()} == count  # biases and norm scales: no decay
+
+
+def test_no_decay_follows_timm_biases_norms_and_the_models_own_list():
+    from graft.backbones import create_model
+    from graft.train.groups import no_decay_names
+
+    cnn = create_model("graft_convnet_s", 3, pretrained=False)
+    assert no_decay_names(cnn) == {n for n, p in cnn.named_parameters() if p.ndim <= 1}
+    vit = create_model("test_vit", 3, pretrained=False)
+    assert {"pos_embed", "cls_token"} <= no_decay_names(vit)  # 3-D, but listed by the model's no_weight_decay()
+    assert {n for n, p in vit.named_parameters() if p.ndim <= 1} <= no_decay_names(vit)
 
 
 def test_mixup_cutmix_and_strong_augmentation_train(toy_npz, source_run, tmp_path):
-    run = graft.fit(toy_npz, route="finetune", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "mix",
-                    quiet=True, overrides=[*FAST, "train.stages=all:2", "train.augment.preset=strong", "train.augment.mixup=0.2",
-                                           "train.augment.cutmix=1.0", "data.image_size=24"])
-    assert np.isfinite(run.metrics["test_accuracy"])
+    common = [*FAST, "train.stages=all:2", "train.augment.preset=strong", "data.image_size=24"]
+    mixed = graft.fit(toy_npz, route="finetune", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "mix",
+                      quiet=True, overrides=[*common, "train.augment.mixup=0.2", "train.augment.cutmix=1.0"])
+    plain = graft.fit(toy_npz, route="finetune", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "plain",
+                      quiet=True, overrides=common)
+    assert np.isfinite(mixed.metrics["test_accuracy"])
+    a, b = load_file(str(mixed.path / "model.safetensors")), load_file(str(plain.path / "model.safetensors"))
+    assert not torch.equal(a["head.weight"], b["head.weight"])  # same seed and images: only the batch mixing differs
 
 
 def test_early_stopping_restores_best_epoch(toy_npz, source_run, tmp_path):
+    saved: list[tuple[dict, dict]] = []  # (epoch record, the weights the loop checkpointed after that epoch)
+
+    def keep_weights(record):
+        saved.append((record, load_file(str(partial_path(tmp_path / "es") / "checkpoint" / "model.safetensors"))))
+
     run = graft.fit(toy_npz, route="finetune", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "es",
-                    quiet=True, overrides=[*FAST, "train.stages=all:30", "train.patience=2", "train.lr=0.05"])
-    epochs = [line for line in (run.path / "metrics.jsonl").read_text().splitlines() if '"event": "epoch"' in line]
-    assert len(epochs) < 30 and "early_stop" in (run.path / "metrics.jsonl").read_text()
+                    quiet=True, callbacks=[keep_weights], overrides=[*FAST, "train.stages=all:30", "train.patience=2", "train.lr=0.05"])
+    events = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
+    assert len(saved) < 30 and any(e["event"] == "early_stop" for e in events)
+    initial = next(e for e in events if e["event"] == "initial")
+    best_record, best_weights = max(saved, key=lambda s: (s[0]["val_accuracy"], -s[0]["val_loss"]))  # first of equals
+    assert (best_record["val_accuracy"], -best_record["val_loss"]) > (initial["val_accuracy"], -initial["val_loss"])
+    final = load_file(str(run.path / "model.safetensors"))
+    assert all(torch.equal(final[key], best_weights[key]) for key in final)  # the best epoch's weights, exactly
+    assert not all(torch.equal(final[key], saved[-1][1][key]) for key in final)  # which are not the last epoch's
 
 
 def test_tiny_sets_are_stretched_to_min_steps(toy_npz, source_run, tmp_path):

@@ -11,21 +11,9 @@ import graft
 from graft.errors import GraftError
 from graft.runs import partial_path
 
-from conftest import FAST
+from conftest import FAST, Interrupt
 
 STAGES = "train.stages=new:1,all:3"
-
-
-class Interrupt:
-    """Stops training (as Ctrl-C does) after ``after`` epochs."""
-
-    def __init__(self, after: int) -> None:
-        self.after, self.seen = after, 0
-
-    def __call__(self, record):
-        self.seen += 1
-        if self.seen == self.after:
-            raise KeyboardInterrupt
 
 
 def test_resumed_run_equals_uninterrupted_run(toy_npz, source_run, tmp_path):

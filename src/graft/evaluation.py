@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from sklearn.metrics import confusion_matrix
 from torch import nn
 
 from graft.console import Reporter
@@ -40,8 +41,8 @@ def predict_logits(model: nn.Module, images: ImageSet, pre: Preprocessing, batch
 def evaluate_logits(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> Evaluation:
     """Metrics from (N, C) logits and (N,) integer labels."""
     predictions = logits.argmax(1)
-    confusion = np.zeros((len(classes), len(classes)), np.int64)
-    np.add.at(confusion, (labels, predictions), 1)
+    confusion = (confusion_matrix(labels, predictions, labels=np.arange(len(classes))).astype(np.int64) if len(labels)
+                 else np.zeros((len(classes), len(classes)), np.int64))  # scikit-learn refuses an empty set
     totals = confusion.sum(1)
     per_class = {c: float(confusion[i, i] / totals[i]) if totals[i] else float("nan") for i, c in enumerate(classes)}
     loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits).float(), torch.from_numpy(labels)).item()) if len(labels) else float("nan")

@@ -35,6 +35,7 @@ from torch.nn import functional as F
 
 from graft.backbones import init_new_classifier
 from graft.errors import GraftError
+from graft.heads import attach_head, register_head_kind
 
 KINDS = ("depth", "width", "both", "width2")
 
@@ -246,8 +247,6 @@ def grow(model: nn.Module, kind: str, outputs: int, units: Optional[int], depth_
         new_head.load_state_dict(head.state_dict(), strict=False)  # earlier branches and task heads keep their weights
     elif keep_classifier is not None:
         new_head.tasks[0].classifier.load_state_dict(head.state_dict())
-    from graft.heads import attach_head
-
     attach_head(model, new_head)
     was_training = model.training
     try:  # one forward pass now: a growth that does not fit this backbone fails before any training
@@ -258,10 +257,9 @@ def grow(model: nn.Module, kind: str, outputs: int, units: Optional[int], depth_
     return new_head
 
 
+@register_head_kind("grow")
 def restore_growth(model: nn.Module, spec: dict[str, Any]) -> GrowthHead:
     """Rebuild the grown head a run recorded (``meta["info"]["head"]``), before loading its weights."""
-    from graft.heads import attach_head
-
     head = GrowthHead(spec, model)
     attach_head(model, head)
     return head
@@ -274,3 +272,31 @@ def all_task_logits(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tenso
     if isinstance(head, GrowthHead):
         return logits, head.task_logits(head._inputs["features"])
     return logits, [logits]
+
+
+class LwfStep:
+    """Cross-entropy on the new task plus Learning without Forgetting (Li & Hoiem 2016) for the earlier tasks.
+
+    The earlier tasks' outputs on the new task's images come from a frozen copy of the network taken before
+    growing (``teacher``); each earlier task adds ``weight * T^2 * KL(softmax(teacher/T) || softmax(student/T))``.
+    Without augmentation this equals recording the outputs once before training, as in the paper.
+    A step of graft's training loop (:mod:`graft.train.steps`); it lives here because it reads every task's
+    logits of a grown network.
+    """
+
+    def __init__(self, teacher: nn.Module, old_tasks: list[int], weight: float, temperature: float = 2.0) -> None:
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.old_tasks = old_tasks
+        self.weight = weight
+        self.temperature = temperature
+
+    def __call__(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], train: bool = True) -> dict[str, torch.Tensor]:
+        images, labels = batch
+        with torch.no_grad():
+            _, targets = all_task_logits(self.teacher, images)
+        logits, outputs = all_task_logits(model, images)
+        t = self.temperature
+        distill = sum(F.kl_div(F.log_softmax(outputs[i] / t, 1), F.softmax(targets[i] / t, 1), reduction="batchmean") * t * t
+                      for i in self.old_tasks)
+        cross_entropy = F.cross_entropy(logits, labels)
+        return {"loss": cross_entropy + self.weight * distill, "logits": logits, "labels": labels, "distill": distill.detach()}

@@ -7,11 +7,26 @@ frozen-backbone checks of the core see it as "the head". A run records the head 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
 from graft.backbones import head_prefix, init_new_classifier
+from graft.errors import GraftError
+
+HeadRestorer = Callable[[nn.Module, dict[str, Any]], nn.Module]
+# spec["kind"] -> rebuilds that head on a fresh model; modules with their own heads register here (graft.growth: "grow")
+HEAD_KINDS: dict[str, HeadRestorer] = {}
+
+
+def register_head_kind(kind: str) -> Callable[[HeadRestorer], HeadRestorer]:
+    """Register ``restore(model, spec)`` as the way :func:`restore_head` rebuilds heads recorded with ``spec["kind"] == kind``."""
+
+    def decorate(restore: HeadRestorer) -> HeadRestorer:
+        HEAD_KINDS[kind] = restore
+        return restore
+
+    return decorate
 
 
 class AdaptationHead(nn.Sequential):
@@ -31,13 +46,18 @@ def attach_head(model: nn.Module, head: nn.Module) -> nn.Module:
     return model
 
 
+@register_head_kind("adapt")
+def restore_adaptation_head(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
+    return attach_head(model, AdaptationHead(model.num_features, spec["outputs"], spec["hidden"], spec["dropout"]))
+
+
 def restore_head(model: nn.Module, spec: dict[str, Any] | None) -> nn.Module:
-    """Rebuild the head a run recorded in ``meta["head"]`` (no-op for the plain linear classifier)."""
+    """Rebuild the head a run recorded in ``meta["info"]["head"]`` on ``model`` (no-op for the plain linear classifier)."""
     if not spec:
         return model
-    if spec.get("kind") == "grow":  # a developmental network (graft.growth)
-        from graft.growth import restore_growth
-
-        restore_growth(model, spec)
-        return model
-    return attach_head(model, AdaptationHead(model.num_features, spec["outputs"], spec["hidden"], spec["dropout"]))
+    kind = spec.get("kind", "adapt")
+    if kind not in HEAD_KINDS:
+        raise GraftError(f"head kind '{kind}' in the run's model.json is unknown; known: {', '.join(sorted(HEAD_KINDS))} "
+                         "(import the module that registers it, or use the graft version that wrote the run)")
+    HEAD_KINDS[kind](model, spec)
+    return model

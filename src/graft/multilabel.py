@@ -2,7 +2,7 @@
 
 AP of one class ranks all test images by their score for it and averages the precision at each
 recall step: AP = sum_n (R_n - R_{n-1}) P_n over the distinct score thresholds (tied scores form
-one step). This is the non-interpolated AP of VOC 2010+ and equals scikit-learn's
+one step). This is the non-interpolated AP of VOC 2010+, computed by scikit-learn's
 ``average_precision_score``; Oquab et al. 2014 report per-class AP and mAP on VOC 2007/2012.
 A class with no positive test image has no AP (NaN) and is left out of the mean.
 """
@@ -12,22 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import average_precision_score
 
 
 def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
-    """AP of (N,) ``scores`` against (N,) 0/1 ``positives``; NaN when there is no positive."""
+    """AP of (N,) ``scores`` against (N,) 0/1 ``positives``; NaN when there is no positive (scikit-learn would warn and say 0)."""
     positives = np.asarray(positives) > 0
-    total = int(positives.sum())
-    if total == 0:
+    if not positives.any():
         return float("nan")
-    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
-    ranked_scores, ranked = np.asarray(scores, np.float64)[order], positives[order]
-    # the last index of each run of tied scores is one threshold
-    last = np.r_[np.flatnonzero(np.diff(ranked_scores) != 0), len(ranked) - 1]
-    true_positives = np.cumsum(ranked)[last]
-    precision = true_positives / (last + 1)
-    recall_steps = np.diff(np.r_[0, true_positives]) / total
-    return float((recall_steps * precision).sum())
+    return float(average_precision_score(positives, np.asarray(scores, np.float64)))
 
 
 @dataclass

@@ -27,7 +27,7 @@ from graft.exemplar import SurrogateCopies, check_patch_source, sample_seed_patc
 from graft.recipe import Recipe
 from graft.runs import Run, RunDirectory, default_run_path, load_run
 from graft.train.groups import Stage, parse_stages
-from graft.train.loop import train_stages
+from graft.train.loop import LoopSetup, train_stages
 from graft.train.steps import SupervisedStep
 
 OBJECTIVES = ("supervised", "exemplar")
@@ -101,9 +101,9 @@ def _pretrain_exemplar(data: Any, arch: Optional[str], out: Optional[str | Path]
     val = SurrogateCopies(seeds, config, range(config.copies, config.copies + config.val_copies), seed, pre.mean, pre.std)
     stages = [Stage("all", sum(s.epochs for s in parse_stages(recipe.train.stages)))]
     try:
-        history = train_stages(fabric, model, stages, train, val if config.val_copies else None, pre, recipe, run, reporter,
-                               step=SupervisedStep(recipe.train.label_smoothing), callbacks=callbacks, checkpoint=checkpoint,
-                               channels_last=recipe.model.channels_last)
+        setup = LoopSetup(fabric, recipe, run, reporter, pre, tuple(callbacks), checkpoint)
+        history = train_stages(setup, model, stages, train, val if config.val_copies else None,
+                               step=SupervisedStep(recipe.train.label_smoothing))
     except KeyboardInterrupt:
         reporter.print(f"[yellow]interrupted[/]; continue with: graft pretrain --resume {run.path}")
         raise

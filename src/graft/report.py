@@ -1,25 +1,30 @@
 """Pictures and one self-contained HTML page per run (images embedded, opens from disk).
 
-Computation lives elsewhere; ``plot_*`` functions draw given data on an optional axis.
+Computation lives elsewhere; ``plot_*`` functions draw given data on an optional axis. Figures are
+:class:`matplotlib.figure.Figure` objects drawn without pyplot, so graft never touches pyplot's global state:
+``import graft`` and writing a report leave a notebook's backend and its open figures as they were.
 """
 from __future__ import annotations
 
 import base64
 import html
-import io
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+def new_axes(width: float, height: float) -> Axes:
+    """One axis on a new figure that belongs to no pyplot window (drawn to PNG by :func:`save_figure`)."""
+    return Figure(figsize=(width, height)).add_subplot()
 
 
-def plot_confusion(confusion: np.ndarray, classes: Sequence[str], ax: Optional[plt.Axes] = None) -> plt.Axes:
+def plot_confusion(confusion: np.ndarray, classes: Sequence[str], ax: Optional[Axes] = None) -> Axes:
     """Row-normalised confusion matrix with counts."""
-    ax = ax or plt.figure(figsize=(1 + 0.5 * len(classes), 1 + 0.45 * len(classes))).gca()
+    ax = ax or new_axes(1 + 0.5 * len(classes), 1 + 0.45 * len(classes))
     rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(classes)), classes, rotation=90)
@@ -32,9 +37,9 @@ def plot_confusion(confusion: np.ndarray, classes: Sequence[str], ax: Optional[p
     return ax
 
 
-def plot_curves(history: Sequence[dict[str, Any]], ax: Optional[plt.Axes] = None, label: str = "") -> plt.Axes:
+def plot_curves(history: Sequence[dict[str, Any]], ax: Optional[Axes] = None, label: str = "") -> Axes:
     """Training and validation accuracy per epoch (epochs counted across stages)."""
-    ax = ax or plt.figure(figsize=(6, 3.5)).gca()
+    ax = ax or new_axes(6, 3.5)
     epochs = range(1, len(history) + 1)
     ax.plot(epochs, [h["train_accuracy"] for h in history], label=f"{label} train".strip())
     if history and "val_accuracy" in history[0]:
@@ -45,11 +50,11 @@ def plot_curves(history: Sequence[dict[str, Any]], ax: Optional[plt.Axes] = None
     return ax
 
 
-def plot_embedding(points: np.ndarray, labels: np.ndarray, classes: Sequence[str], ax: Optional[plt.Axes] = None,
-                   title: str = "") -> plt.Axes:
+def plot_embedding(points: np.ndarray, labels: np.ndarray, classes: Sequence[str], ax: Optional[Axes] = None,
+                   title: str = "") -> Axes:
     """(N, 2) embedded points coloured by class (``labels`` (N,) index ``classes``)."""
-    ax = ax or plt.figure(figsize=(5, 4.5)).gca()
-    colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    ax = ax or new_axes(5, 4.5)
+    colours = colormaps["tab10" if len(classes) <= 10 else "tab20"]
     for index, name in enumerate(classes):
         chosen = labels == index
         if chosen.any():
@@ -62,9 +67,9 @@ def plot_embedding(points: np.ndarray, labels: np.ndarray, classes: Sequence[str
     return ax
 
 
-def plot_weight_change(names: Sequence[str], relative: Sequence[float], ax: Optional[plt.Axes] = None) -> plt.Axes:
+def plot_weight_change(names: Sequence[str], relative: Sequence[float], ax: Optional[Axes] = None) -> Axes:
     """Bar chart of per-layer relative weight change ||W - W0|| / ||W0||, input layer at the left."""
-    ax = ax or plt.figure(figsize=(max(6.0, 0.16 * len(names)), 4)).gca()
+    ax = ax or new_axes(max(6.0, 0.16 * len(names)), 4)
     values = np.nan_to_num(np.asarray(relative, float))
     ax.bar(range(len(values)), values, color="tab:blue")
     ax.set_xticks(range(len(names)), [n.removesuffix(".weight") for n in names], rotation=90, fontsize=6)
@@ -73,13 +78,13 @@ def plot_weight_change(names: Sequence[str], relative: Sequence[float], ax: Opti
     return ax
 
 
-def plot_image_grid(rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str], ax: Optional[plt.Axes] = None,
-                    title: str = "", size: int = 48) -> plt.Axes:
+def plot_image_grid(rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str], ax: Optional[Axes] = None,
+                    title: str = "", size: int = 48) -> Axes:
     """A mosaic: one row per entry of ``rows`` (each a list of (H, W, 3) uint8 images, resized to ``size``)."""
     from PIL import Image
 
     columns = max((len(r) for r in rows), default=1)
-    ax = ax or plt.figure(figsize=(1 + 0.6 * columns, 0.4 + 0.6 * max(len(rows), 1))).gca()
+    ax = ax or new_axes(1 + 0.6 * columns, 0.4 + 0.6 * max(len(rows), 1))
     mosaic = np.full((max(len(rows), 1) * (size + 2), columns * (size + 2), 3), 255, np.uint8)
     for i, row in enumerate(rows):
         for j, image in enumerate(row):
@@ -92,9 +97,9 @@ def plot_image_grid(rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[s
     return ax
 
 
-def plot_per_class(per_class: dict[str, float], ax: Optional[plt.Axes] = None) -> plt.Axes:
+def plot_per_class(per_class: dict[str, float], ax: Optional[Axes] = None) -> Axes:
     """Horizontal bars of per-class accuracy."""
-    ax = ax or plt.figure(figsize=(5, 1 + 0.3 * len(per_class))).gca()
+    ax = ax or new_axes(5, 1 + 0.3 * len(per_class))
     names = list(per_class)
     ax.barh(range(len(names)), [per_class[n] for n in names], color="tab:green")
     ax.set_yticks(range(len(names)), names)
@@ -104,9 +109,9 @@ def plot_per_class(per_class: dict[str, float], ax: Optional[plt.Axes] = None) -
     return ax
 
 
-def plot_route_curves(histories: dict[str, Sequence[dict[str, Any]]], ax: Optional[plt.Axes] = None) -> plt.Axes:
+def plot_route_curves(histories: dict[str, Sequence[dict[str, Any]]], ax: Optional[Axes] = None) -> Axes:
     """Validation (else training) accuracy per epoch of several runs on one chart, one line per name."""
-    ax = ax or plt.figure(figsize=(7, 4)).gca()
+    ax = ax or new_axes(7, 4)
     for name, history in histories.items():
         key = "val_accuracy" if history and "val_accuracy" in history[0] else "train_accuracy"
         if history:
@@ -119,11 +124,10 @@ def plot_route_curves(histories: dict[str, Sequence[dict[str, Any]]], ax: Option
     return ax
 
 
-def save_figure(ax: plt.Axes, path: Path) -> Path:
+def save_figure(ax: Axes, path: Path) -> Path:
     figure = ax.figure
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return path
 
 
@@ -167,13 +171,13 @@ def write_analysis_report(analysis: Any, folder: Path, title: str) -> Path:
     images: list[Path] = []
     sections: list[tuple[str, str]] = [("Notes", "".join(f"<p>{html.escape(n)}</p>" for n in analysis.notes))]
     panels = [("after", analysis.after_embedding)] + ([("before", analysis.before_embedding)] if analysis.before_embedding is not None else [])
-    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6), squeeze=False)
+    axes = Figure(figsize=(5 * len(panels), 4.6)).subplots(1, len(panels), squeeze=False)
     for ax, (name, points) in zip(axes[0], reversed(panels)):
         plot_embedding(points, analysis.labels, analysis.classes, ax=ax, title=f"{analysis.embedding_method}: features {name} transfer")
     images.append(save_figure(axes[0][0], folder / "embedding.png"))
     grids = [("after", analysis.top_after)] + ([("before", analysis.top_before)] if analysis.top_before is not None else [])
-    figure, axes = plt.subplots(len(grids), 1, figsize=(1.5 + 0.6 * analysis.top_after.shape[1], 0.8 + 0.7 * len(analysis.units) * len(grids)),
-                                squeeze=False)
+    axes = Figure(figsize=(1.5 + 0.6 * analysis.top_after.shape[1], 0.8 + 0.7 * len(analysis.units) * len(grids))).subplots(
+        len(grids), 1, squeeze=False)
     for ax, (name, indices) in zip(axes[:, 0], reversed(grids)):
         rows = [[analysis.images.image(int(i)) for i in row] for row in indices]
         plot_image_grid(rows, [f"unit {u}" for u in analysis.units], ax=ax,

@@ -245,9 +245,10 @@ def load_run(path: str | Path) -> Run:
         raise GraftError(f"{path}: not a finished graft run{hint}; give a directory written by `graft fit`")
     meta = json.loads(meta_path.read_text())
     model = create_model(meta["backbone"], len(meta["classes"]), pretrained=False)
+    import graft.growth  # noqa: F401 - registers the grown heads ("grow" kind) with graft.heads
     from graft.heads import restore_head
 
-    restore_head(model, meta.get("info", {}).get("head"))  # adaptation layers (routes adapt, patches)
+    restore_head(model, meta.get("info", {}).get("head"))  # adaptation layers (adapt, patches), grown networks (grow-*)
     state = load_file(str(path / "model.safetensors"))
     try:
         model.load_state_dict(state, strict=True)

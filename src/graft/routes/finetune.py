@@ -4,7 +4,7 @@ from __future__ import annotations
 from graft.routes import register_route
 from graft.routes.context import Context, RouteResult
 from graft.train.groups import parse_stages
-from graft.train.loop import train_stages
+from graft.train.loop import LoopSetup, train_stages
 
 
 def run_stages(context: Context, model, stages) -> RouteResult:
@@ -12,9 +12,8 @@ def run_stages(context: Context, model, stages) -> RouteResult:
     registered with ``min_steps=False``."""
     from graft.routes import USES_MIN_STEPS
 
-    history = train_stages(context.fabric, model, stages, context.train, context.val, context.preprocessing(model),
-                           context.recipe, context.run, context.reporter, callbacks=context.callbacks,
-                           checkpoint=context.checkpoint, channels_last=context.recipe.model.channels_last, use_min_steps=USES_MIN_STEPS.get(context.recipe.route, True))
+    setup = LoopSetup.of(context, context.preprocessing(model), use_min_steps=USES_MIN_STEPS.get(context.recipe.route, True))
+    history = train_stages(setup, model, stages, context.train, context.val)
     return RouteResult(model, {"stages": [s.__dict__ for s in stages]}, history)
 
 

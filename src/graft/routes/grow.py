@@ -16,13 +16,12 @@ from typing import Any, Optional
 from torch import nn
 
 from graft.errors import GraftError
-from graft.growth import GrowthHead, grow
+from graft.growth import GrowthHead, LwfStep, grow
 from graft.recipe import Recipe, TrainConfig
 from graft.routes import register_route
 from graft.routes.context import Context, RouteResult
 from graft.train.groups import Stage
-from graft.train.loop import train_stages
-from graft.train.steps import LwfStep
+from graft.train.loop import LoopSetup, train_stages
 
 # the paper's fine-tuning recipe (sec. 5, implementation details); the bench's fine-tune baseline uses the same
 PAPER_TRAIN: dict[str, Any] = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step", "step_gamma": 0.1,
@@ -110,8 +109,7 @@ def grow_route(context: Context, kind: str) -> RouteResult:
     trained = dataclasses.replace(recipe, train=paper_train(recipe))
     context.reporter.print(f"{kind}: {sum(p.numel() for p in head.parameters()):,} parameters in new units and heads; "
                            f"scenario {stage.train}, normalisation {'on' if normalize else 'off'}")
-    history = train_stages(context.fabric, model, [stage], context.train, context.val, pre, trained, context.run, context.reporter,
-                           step=step, callbacks=context.callbacks, checkpoint=context.checkpoint, channels_last=recipe.model.channels_last)
+    history = train_stages(LoopSetup.of(context, pre, recipe=trained), model, [stage], context.train, context.val, step=step)
     info: dict[str, Any] = {"head": head.current_spec(), "growth": kind, "scenario": stage.train, "normalize": normalize,
                             "new_parameters": sum(p.numel() for p in head.parameters())}
     if previous is not None:

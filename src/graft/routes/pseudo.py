@@ -24,7 +24,7 @@ from graft.routes import register_route
 from graft.routes.context import Context, RouteResult
 from graft.routes.linear import probe_model
 from graft.train.groups import Stage, parse_stages
-from graft.train.loop import train_stages
+from graft.train.loop import LoopSetup, train_stages
 from graft.train.semi import SemiStep, pseudo_weight, select_pseudo_labels
 
 
@@ -86,11 +86,10 @@ def train_student(context: Context, unlabeled: Optional[ImageSet], step: Optiona
         context.reporter.print(f"{part}: finished before the interruption, loaded")
         return model, meta["history"], meta["info"]
     context, stages, info = student_plan(context, model)
-    history = train_stages(context.fabric, model, stages, context.train, context.val, context.preprocessing(model), context.recipe,
-                           context.run, context.reporter, step=step, callbacks=context.callbacks, checkpoint=context.run.load_checkpoint()
-                           if context.checkpoint is not None else None,
-                           channels_last=context.recipe.model.channels_last, unlabeled=unlabeled,
-                           use_min_steps=info["student_start"] == "random")  # a probed head (LP-FT plan) is not stretched
+    # the run's checkpoint belongs to this part once the parts before it are saved; a probed head (LP-FT plan) is not stretched
+    setup = LoopSetup.of(context, context.preprocessing(model), use_min_steps=info["student_start"] == "random",
+                         checkpoint=context.run.load_checkpoint() if context.checkpoint is not None else None)
+    history = train_stages(setup, model, stages, context.train, context.val, step=step, unlabeled=unlabeled)
     context.run.save_part(part, model, {"history": history, "info": info})
     return model, history, info
 

@@ -3,7 +3,8 @@
 With a frozen representation every epoch sees the same features, so they are extracted once
 (:mod:`graft.features`) and only the head trains: seconds instead of minutes (Oquab et al. 2014
 train their adaptation layers on a fixed representation). It uses the loop's optimizer, learning-rate
-schedule and per-epoch seeding; batches are rows of a tensor instead of decoded images.
+schedule, per-epoch seeding, loss and best-weights restore (:mod:`graft.train.schedule`,
+:func:`graft.train.steps.classification_loss`); batches are rows of a tensor instead of decoded images.
 """
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
+from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from graft.console import Reporter
 from graft.recipe import TrainConfig
-from graft.train.loop import _seed, lr_factor, make_optimizer
-from graft.train.steps import hits
+from graft.train.schedule import BestWeights, epoch_seed, lr_factor, make_optimizer, set_learning_rates
+from graft.train.steps import classification_loss, hits
 
 
 def fit_head(head: nn.Module, features: np.ndarray, targets: np.ndarray, config: TrainConfig, epochs: int, batch_size: int,
@@ -33,37 +35,30 @@ def fit_head(head: nn.Module, features: np.ndarray, targets: np.ndarray, config:
     """
     x = torch.from_numpy(np.ascontiguousarray(features, np.float32))
     y = torch.from_numpy(targets)
-    weights = None if loss_weights is None else torch.from_numpy(np.asarray(loss_weights, np.float32))
+    # without loss_weights every row weighs 1: weighted or not, a head takes the same per-row arithmetic
+    weights = torch.ones(len(x)) if loss_weights is None else torch.from_numpy(np.asarray(loss_weights, np.float32))
     draw = None if draw_weights is None else torch.from_numpy(np.asarray(draw_weights, np.float64))
-    groups = [{"params": [p for p in head.parameters() if p.ndim > 1], "weight_decay": config.weight_decay},
-              {"params": [p for p in head.parameters() if p.ndim <= 1], "weight_decay": 0.0}]
+    groups = param_groups_weight_decay(head, config.weight_decay)  # biases and other 1-D parameters: no decay
     for group in groups:
         group["lr"] = group["base_lr"] = config.lr
     optimizer = make_optimizer(config, groups)
     steps = max(1, -(-len(x) // batch_size))
     history: list[dict[str, Any]] = []
-    best_score, best_state = -float("inf"), None
+    best = BestWeights(score=(-float("inf"),))
     for epoch in range(epochs):
         started = time.time()
-        generator = torch.Generator().manual_seed(_seed(seed, 0, epoch))
+        generator = torch.Generator().manual_seed(epoch_seed(seed, 0, epoch))
         order = torch.multinomial(draw, len(x), replacement=True, generator=generator) if draw is not None \
             else torch.randperm(len(x), generator=generator)
-        torch.manual_seed(_seed(seed + 1, 0, epoch))  # dropout masks
+        torch.manual_seed(epoch_seed(seed + 1, 0, epoch))  # dropout masks
         head.train()
         sums = torch.zeros(3)
         for i in range(steps):
             rows = order[i * batch_size:(i + 1) * batch_size]
-            for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] * lr_factor(config, (epoch * steps + i) / (epochs * steps), epoch, epochs)
+            set_learning_rates(optimizer, lr_factor(config, (epoch * steps + i) / (epochs * steps), epoch, epochs))
             logits = head(x[rows])
-            if y.ndim == 2:
-                per_row = nn.functional.binary_cross_entropy_with_logits(logits, y[rows].float(), reduction="none").mean(1)
-            else:
-                per_row = nn.functional.cross_entropy(logits, y[rows], reduction="none", label_smoothing=config.label_smoothing)
-            if weights is not None:
-                w = weights[rows]
-                per_row = per_row * (w / w.mean().clamp_min(1e-12))
-            loss = per_row.mean()
+            loss = classification_loss(logits, y[rows], multilabel=y.ndim == 2, label_smoothing=config.label_smoothing,
+                                       row_weights=weights[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -74,8 +69,7 @@ def fit_head(head: nn.Module, features: np.ndarray, targets: np.ndarray, config:
             head.eval()
             with torch.no_grad():
                 record[score_name] = float(score(head))
-            if record[score_name] > best_score:
-                best_score, best_state = record[score_name], {k: v.detach().clone() for k, v in head.state_dict().items()}
+            best.offer(head, (record[score_name],))
         record["seconds"] = round(time.time() - started, 3)
         history.append(record)
         if log is not None:
@@ -83,9 +77,8 @@ def fit_head(head: nn.Module, features: np.ndarray, targets: np.ndarray, config:
     if reporter is not None and history:
         last = history[-1]
         reporter.print(f"head: {epochs} epochs on {len(x)} cached feature rows, last train loss {last['train_loss']:.4f}"
-                       + (f", best {score_name} {best_score:.4f}" if score is not None else ""))
-    if best_state is not None:
-        head.load_state_dict(best_state)
+                       + (f", best {score_name} {best.score[0]:.4f}" if score is not None else ""))
+    best.restore(head)
     head.eval()
     return history
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from graft.backbones import head_prefix
@@ -112,18 +113,30 @@ def apply_stage(model: nn.Module, trainable: set[str], bn_mode: str) -> None:
                 module.eval()
 
 
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Trainable parameters that get no weight decay, by timm's rule (``timm.optim.param_groups_weight_decay``):
+    1-D parameters (biases, norm scales), names ending in ``.bias``, and what the model lists in its
+    ``no_weight_decay()`` (a ViT's position embedding and class token)."""
+    listed = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    # any non-zero decay (1.0): with 0 timm puts every parameter in one group, and only the split is read here
+    groups = param_groups_weight_decay(model, 1.0, no_weight_decay_list=listed)
+    plain = {id(p) for group in groups if group["weight_decay"] == 0.0 for p in group["params"]}
+    return {name for name, parameter in model.named_parameters() if id(parameter) in plain}
+
+
 def optimizer_groups(model: nn.Module, lr: float, backbone_ratio: float, weight_decay: float) -> list[dict]:
-    """Four groups: {head, backbone} x {decayed, not decayed (biases and norms)}; only trainable parameters.
+    """Four groups: {head, backbone} x {decayed, not decayed (:func:`no_decay_names`)}; only trainable parameters.
 
     The new head trains at ``lr``, the pretrained backbone at ``lr * backbone_ratio``.
     """
     head = head_prefix(model)
     kept = kept_head_names(model)
+    plain = no_decay_names(model)
     buckets: dict[tuple[bool, bool], list] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        buckets.setdefault((name.startswith(head) and name not in kept, parameter.ndim > 1), []).append(parameter)
+        buckets.setdefault((name.startswith(head) and name not in kept, name not in plain), []).append(parameter)
     groups = []
     for (is_head, decayed), params in sorted(buckets.items()):
         group_lr = lr if is_head else lr * backbone_ratio

@@ -7,10 +7,11 @@ exactly what the uninterrupted one would have done.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
 import torch
 from lightning_fabric import Fabric
@@ -20,12 +21,55 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from graft.console import Reporter
 from graft.data.sources import ImageSet
 from graft.data.transforms import Preprocessing, TransformedImages, batch_mixer, eval_transform, train_transform
-from graft.recipe import Recipe, TrainConfig
+from graft.recipe import Recipe
 from graft.runs import RunDirectory
 from graft.train.groups import Stage, apply_stage, optimizer_groups, trainable_names
+from graft.train.schedule import BestWeights, epoch_seed, lr_factor, make_optimizer, set_learning_rates
 from graft.train.steps import MultiLabelStep, SupervisedStep, batch_loss, hits
 
 Callback = Callable[[dict[str, Any]], None]
+
+
+class RunParts(Protocol):
+    """What a route's context carries that the loop needs (:class:`graft.routes.context.Context` has it)."""
+
+    fabric: Fabric
+    recipe: Recipe
+    run: RunDirectory
+    reporter: Reporter
+    callbacks: Sequence[Callback]
+    checkpoint: Optional[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class LoopSetup:
+    """Everything :func:`train_stages` needs besides the model, its stages and its data.
+
+    ``preprocessing`` turns ImageSets into tensors (the model's input size and normalisation); ``checkpoint``
+    (from :meth:`RunDirectory.load_checkpoint`) continues an interrupted run; ``use_min_steps=False`` keeps
+    the epochs as given even below ``train.min_steps`` (the head is already trained, as LP-FT's probe).
+    """
+
+    fabric: Fabric
+    recipe: Recipe
+    run: RunDirectory
+    reporter: Reporter
+    preprocessing: Preprocessing
+    callbacks: Sequence[Callback] = ()
+    checkpoint: Optional[dict[str, Any]] = None
+    use_min_steps: bool = True
+
+    @classmethod
+    def of(cls, context: RunParts, preprocessing: Preprocessing, **changes: Any) -> "LoopSetup":
+        """The setup of a route's ``context`` (its Fabric, recipe, run, reporter, callbacks and checkpoint);
+        ``changes`` replace fields (e.g. ``recipe=`` a route's own training schedule, ``use_min_steps=``)."""
+        setup = cls(context.fabric, context.recipe, context.run, context.reporter, preprocessing, tuple(context.callbacks),
+                    context.checkpoint)
+        return dataclasses.replace(setup, **changes) if changes else setup
+
+    @property
+    def channels_last(self) -> bool:
+        return self.recipe.model.channels_last
 
 
 @dataclass
@@ -39,24 +83,6 @@ class LoopState:
     best_at: Optional[list[int]] = None
     bad_epochs: int = 0
     global_epoch: int = 0
-
-
-def lr_factor(config: TrainConfig, progress: float, epoch: int, epochs: int) -> float:
-    """Multiplier of each group's base lr: linear warm-up then cosine to 0, step decay, or constant."""
-    warm = config.warmup_epochs / max(epochs, 1)
-    if progress < warm:
-        return 0.1 + 0.9 * progress / warm
-    if config.schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * (progress - warm) / max(1 - warm, 1e-8)))
-    if config.schedule == "step":
-        return config.step_gamma ** (epoch // config.step_epochs)
-    return 1.0
-
-
-def make_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=config.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=groups[0]["lr"])
 
 
 def train_batch_size(images: int, batch_size: int) -> int:
@@ -74,10 +100,6 @@ def stretch_factor(steps_per_epoch: int, stages: Sequence[Stage], min_steps: int
     """
     total = steps_per_epoch * sum(s.epochs for s in stages)
     return max(1, math.ceil(min_steps / total)) if total and min_steps > 0 else 1
-
-
-def _seed(seed: int, stage: int, epoch: int) -> int:
-    return (seed * 1_000_003 + stage * 10_007 + epoch * 101) % (2**31)
 
 
 @torch.no_grad()
@@ -112,23 +134,21 @@ def _dataset(images: ImageSet | Dataset, transform: Callable[[torch.Tensor], tor
     return images if isinstance(images, Dataset) else TransformedImages(images, transform, indexed)
 
 
-def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], train: ImageSet | Dataset, val: Optional[ImageSet | Dataset],
-                 pre: Preprocessing, recipe: Recipe, run: RunDirectory, reporter: Reporter,
-                 step: Optional[Callable[..., dict[str, torch.Tensor]]] = None, callbacks: Sequence[Callback] = (),
-                 checkpoint: Optional[dict[str, Any]] = None, channels_last: bool = True,
-                 unlabeled: Optional[ImageSet] = None, use_min_steps: bool = True) -> list[dict[str, Any]]:
+def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], train: ImageSet | Dataset,
+                 val: Optional[ImageSet | Dataset], step: Optional[Callable[..., dict[str, torch.Tensor]]] = None,
+                 unlabeled: Optional[ImageSet] = None) -> list[dict[str, Any]]:
     """Train ``model`` in place through ``stages``; restore the best validation weights at the end.
 
-    ``checkpoint`` (from :meth:`RunDirectory.load_checkpoint`) continues an interrupted run.
     ``unlabeled``: a second set drawn alongside (pseudo-labels, distillation); the step is then called as
     ``step(module, batch, unlabeled=batch)``, an epoch is one pass over the longer of the two sets, the
     shorter one cycles. A step with an ``indexed`` attribute gets (images, labels, indices) batches, and
     one with a ``progress`` attribute gets the fraction of training done set before each batch.
     ``train``/``val`` may be ready-made datasets of (image tensor, label) that bring their own
-    transforms (e.g. Exemplar-CNN surrogate copies); ImageSets go through ``pre`` and the recipe's augmentation.
-    ``use_min_steps=False``: epochs as given even below ``train.min_steps`` (the head is already trained, as LP-FT's probe).
-    Returns the per-epoch history (also appended to metrics.jsonl).
+    transforms (e.g. Exemplar-CNN surrogate copies); ImageSets go through ``setup.preprocessing`` and the
+    recipe's augmentation. Returns the per-epoch history (also appended to metrics.jsonl).
     """
+    fabric, recipe, run, reporter, pre = setup.fabric, setup.recipe, setup.run, setup.reporter, setup.preprocessing
+    checkpoint, channels_last = setup.checkpoint, setup.channels_last
     config = recipe.train
     batch_size = train_batch_size(len(train), recipe.data.batch_size)
     generator = torch.Generator()
@@ -153,7 +173,7 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
         model.to(memory_format=torch.channels_last)
 
     steps = max(len(train_loader), len(unlabeled_loader) if unlabeled_loader is not None else 0)
-    stretch = stretch_factor(steps, stages, config.min_steps if use_min_steps else 0)
+    stretch = stretch_factor(steps, stages, config.min_steps if setup.use_min_steps else 0)
     if stretch > 1:
         stages = [Stage(s.train, s.epochs * stretch) for s in stages]
         reporter.print(f"{steps} steps an epoch: epochs x{stretch} to reach train.min_steps={config.min_steps} "
@@ -162,18 +182,18 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
         run.log(event="schedule", steps_per_epoch=steps, stretch=stretch, stages=",".join(f"{s.train}:{s.epochs}" for s in stages))
 
     state = LoopState()
-    best: Optional[dict[str, torch.Tensor]] = None
+    best = BestWeights()
     if checkpoint is not None:
         state = LoopState(**checkpoint["state"]["loop"])
         model.load_state_dict(checkpoint["model"])
-        best = checkpoint["best"]
+        best = BestWeights((state.best_accuracy, -state.best_loss), checkpoint["best"])
     history: list[dict[str, Any]] = []
     if checkpoint is None and val_loader is not None:
         # the starting model competes too: LP-FT never ends below its probe on validation
         module = fabric.setup_module(model)
         state.best_accuracy, state.best_loss = validate(fabric, module, val_loader)
         state.best_at = [0, 0]
-        best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        best.keep(model, (state.best_accuracy, -state.best_loss))
         run.log(event="initial", val_accuracy=state.best_accuracy, val_loss=state.best_loss)
 
     for index in range(state.stage, len(stages)):
@@ -191,9 +211,9 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
                        f"{sum(p.numel() for n, p in model.named_parameters() if n in trainable):,} trainable parameters")
         for epoch in range(state.epoch, stage.epochs):
             started = time.time()
-            torch.manual_seed(_seed(recipe.runtime.seed, index, epoch))
-            generator.manual_seed(_seed(recipe.runtime.seed + 1, index, epoch))
-            unlabeled_generator.manual_seed(_seed(recipe.runtime.seed + 2, index, epoch))
+            torch.manual_seed(epoch_seed(recipe.runtime.seed, index, epoch))
+            generator.manual_seed(epoch_seed(recipe.runtime.seed + 1, index, epoch))
+            unlabeled_generator.manual_seed(epoch_seed(recipe.runtime.seed + 2, index, epoch))
             for loader in (train_loader, unlabeled_loader):
                 if isinstance(getattr(loader, "sampler", None), DistributedSampler):
                     loader.sampler.set_epoch(state.global_epoch)
@@ -202,9 +222,8 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
             batches = _paired(train_loader, unlabeled_loader, steps)
             for i, (batch, extra) in enumerate(reporter.track(batches, steps, f"{stage.train} epoch {epoch + 1}/{stage.epochs}")):
                 # warm-up and step decay keep their place in the schedule as given, before any stretch
-                factor = lr_factor(config, (epoch * steps + i) / (stage.epochs * steps), epoch // stretch, stage.epochs // stretch)
-                for group in optimizer.param_groups:
-                    group["lr"] = group["base_lr"] * factor
+                set_learning_rates(optimizer, lr_factor(config, (epoch * steps + i) / (stage.epochs * steps), epoch // stretch,
+                                                        stage.epochs // stretch))
                 if hasattr(step, "progress"):
                     step.progress = (epochs_before + epoch + i / steps) / total_epochs
                 if channels_last:
@@ -223,9 +242,8 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
             if val_loader is not None:
                 accuracy, loss = validate(fabric, module, val_loader)
                 record.update(val_accuracy=accuracy, val_loss=loss)
-                if accuracy > state.best_accuracy or (accuracy == state.best_accuracy and loss < state.best_loss):
+                if best.offer(model, (accuracy, -loss)):  # ties in accuracy go to the lower loss
                     state.best_accuracy, state.best_loss, state.best_at, state.bad_epochs = accuracy, loss, [index, epoch + 1], 0
-                    best = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 else:
                     state.bad_epochs += 1
                 stop = config.patience is not None and state.bad_epochs >= config.patience
@@ -233,10 +251,10 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
             history.append(record)
             run.log(**record)
             state.epoch, state.global_epoch = (stage.epochs if stop else epoch + 1), state.global_epoch + 1
-            run.save_checkpoint(model, optimizer, best, {"loop": asdict(state)})
+            run.save_checkpoint(model, optimizer, best.state, {"loop": asdict(state)})
             reporter.print("  " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
                                             if k not in ("event", "stage", "stage_name")))
-            for callback in callbacks:
+            for callback in setup.callbacks:
                 callback(record)
             if stop:
                 reporter.print(f"  early stop: no validation gain for {config.patience} epochs")
@@ -244,6 +262,5 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
                 break
         state.stage, state.epoch, state.bad_epochs = index + 1, 0, 0
         checkpoint = None
-    if best is not None:
-        model.load_state_dict(best)
+    best.restore(model)
     return history

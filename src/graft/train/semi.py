@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from graft.train.steps import classification_loss
+
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: Optional[torch.Tensor], alpha: float = 0.9,
             temperature: float = 4.0) -> torch.Tensor:
@@ -88,7 +90,7 @@ class SemiStep:
                  alpha: float = 0.9, temperature: float = 4.0, weight: Optional[Callable[[float], float]] = None,
                  label_smoothing: float = 0.0) -> None:
         self.teacher, self.alpha, self.temperature, self.weight = teacher, alpha, temperature, weight
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.label_smoothing = label_smoothing
         self.progress = 0.0
 
     def __call__(self, model: nn.Module, batch: tuple[torch.Tensor, ...], unlabeled: Optional[tuple[torch.Tensor, ...]] = None,
@@ -100,7 +102,7 @@ class SemiStep:
             both = model(torch.cat([images, unlabeled[0]]))
             logits, unlabeled_logits = both[: len(images)], both[len(images):]
         if self.teacher is None:
-            loss = self.criterion(logits, labels)
+            loss = classification_loss(logits, labels, label_smoothing=self.label_smoothing)
         else:
             loss = kd_loss(logits, self.teacher(images, indices, True), labels, self.alpha, self.temperature)
         if unlabeled_logits is not None:

@@ -9,13 +9,34 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+
+def classification_loss(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool = False, label_smoothing: float = 0.0,
+                        row_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The loss of a batch of (B, C) ``logits``, averaged over the batch: graft's one loss choice, for both loops.
+
+    Single-label: cross-entropy with ``label_smoothing`` (Szegedy et al. 2016) on (B,) class indices or (B, C)
+    class probabilities (MixUp/CutMix targets). ``multilabel``: (B, C) 0/1 targets, binary cross-entropy per
+    class averaged over the classes (Oquab et al. 2014, VOC). ``row_weights`` (B,): each row's loss is
+    weighted, the weights normalised to mean 1 over the batch so the learning rate keeps its meaning.
+    """
+    if row_weights is None:
+        if multilabel:
+            return F.binary_cross_entropy_with_logits(logits, targets.float())
+        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    if multilabel:
+        per_row = F.binary_cross_entropy_with_logits(logits, targets.float(), reduction="none").mean(1)
+    else:
+        per_row = F.cross_entropy(logits, targets, reduction="none", label_smoothing=label_smoothing)
+    return (per_row * (row_weights / row_weights.mean().clamp_min(1e-12))).mean()
 
 
 class SupervisedStep:
     """Cross-entropy (with label smoothing) on labelled batches, optional MixUp/CutMix on the batch."""
 
     def __init__(self, label_smoothing: float = 0.0, mixer: Optional[Callable[..., Any]] = None) -> None:
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.label_smoothing = label_smoothing
         self.mixer = mixer
 
     def __call__(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], train: bool = True) -> dict[str, torch.Tensor]:
@@ -24,19 +45,16 @@ class SupervisedStep:
         if train and self.mixer is not None:
             images, targets = self.mixer(images, labels)  # targets become (B, C) soft labels
         logits = model(images)
-        return {"loss": self.criterion(logits, targets), "logits": logits, "labels": labels}
+        return {"loss": classification_loss(logits, targets, label_smoothing=self.label_smoothing), "logits": logits, "labels": labels}
 
 
 class MultiLabelStep:
     """Binary cross-entropy per class on (B, C) 0/1 targets: several labels per image (Oquab et al. 2014, VOC)."""
 
-    def __init__(self) -> None:
-        self.criterion = nn.BCEWithLogitsLoss()
-
     def __call__(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], train: bool = True) -> dict[str, torch.Tensor]:
         images, targets = batch
         logits = model(images)
-        return {"loss": self.criterion(logits, targets.float()), "logits": logits, "labels": targets}
+        return {"loss": classification_loss(logits, targets, multilabel=True), "logits": logits, "labels": targets}
 
 
 def hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -52,31 +70,3 @@ def batch_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mea
         per_image = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none").mean(1)
         return per_image.sum() if reduction == "sum" else per_image.mean()
     return nn.functional.cross_entropy(logits.float(), labels, reduction=reduction)
-
-
-class LwfStep:
-    """Cross-entropy on the new task plus Learning without Forgetting (Li & Hoiem 2016) for the earlier tasks.
-
-    The earlier tasks' outputs on the new task's images come from a frozen copy of the network taken before
-    growing (``teacher``); each earlier task adds ``weight * T^2 * KL(softmax(teacher/T) || softmax(student/T))``.
-    Without augmentation this equals recording the outputs once before training, as in the paper.
-    """
-
-    def __init__(self, teacher: nn.Module, old_tasks: list[int], weight: float, temperature: float = 2.0) -> None:
-        self.teacher = teacher.eval().requires_grad_(False)
-        self.old_tasks = old_tasks
-        self.weight = weight
-        self.temperature = temperature
-
-    def __call__(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], train: bool = True) -> dict[str, torch.Tensor]:
-        from graft.growth import all_task_logits
-
-        images, labels = batch
-        with torch.no_grad():
-            _, targets = all_task_logits(self.teacher, images)
-        logits, outputs = all_task_logits(model, images)
-        t = self.temperature
-        distill = sum(nn.functional.kl_div(nn.functional.log_softmax(outputs[i] / t, 1), nn.functional.softmax(targets[i] / t, 1),
-                                           reduction="batchmean") * t * t for i in self.old_tasks)
-        cross_entropy = nn.functional.cross_entropy(logits, labels)
-        return {"loss": cross_entropy + self.weight * distill, "logits": logits, "labels": labels, "distill": distill.detach()}
