@@ -16,6 +16,7 @@ from graft.data.sources import ImageSet, load_images, require_classes
 from graft.data.split import random_split, stratified_split
 from graft.errors import GraftError
 from graft.evaluation import Evaluation, evaluate_logits, predict_logits
+from graft.loggers import ExperimentLoggers
 from graft.multilabel import MultiLabelEvaluation, evaluate_scores
 from graft.recipe import Recipe
 from graft.report import plot_confusion, plot_curves, save_figure, table, write_html
@@ -107,6 +108,7 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
     from graft.backbones.factory import resolve_backbone
 
     base_backbone, _ = resolve_backbone(recipe.model.backbone, recipe.model.weights)
+    experiment = ExperimentLoggers(recipe)  # an unknown logger or a missing extra is refused here too
     unlabeled = _unlabeled(recipe, train.classes, reporter)
     writer = fabric.global_rank == 0
     if resume is not None:
@@ -118,7 +120,8 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
         context_probe = Context(recipe, fabric, train, val, test, RunDirectory(final, False), reporter)
         context_probe.model()  # weights that do not fit fail here, before the run directory exists
         run, checkpoint = RunDirectory.create(final, recipe, writer), None
-    context = Context(recipe, fabric, train, val, test, run, reporter, callbacks, checkpoint, unlabeled)
+    experiment.start(run.work, run.path.name, run.writer)
+    context = Context(recipe, fabric, train, val, test, run, reporter, [*callbacks, experiment], checkpoint, unlabeled)
     reporter.print(f"route [bold]{recipe.route}[/] on {recipe.model.backbone} -> {run.path}")
     try:
         result = route_fn(context)
@@ -147,6 +150,7 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
     if evaluation is not None and run.writer:
         run.write_json("test_evaluation.json", evaluation.to_dict())
     run.log(event="done", **metrics)
+    experiment.finish(metrics)
     if run.writer:
         write_run_report(run.work, meta, evaluation, result.history)
     path = run.finish()
