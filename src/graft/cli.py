@@ -99,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--with-pseudo", action="store_true", help="route distill: also train on the teacher's confident pseudo-labels")
     for flag, (key, kind, text) in FIT_FLAGS.items():
         fit.add_argument(flag, type=kind, help=f"{text} [{key}]")
+    _add_logger_argument(fit)
 
     gr = command("grow", "Grow RUN again for the task in DATA (continual growth, Wang et al. 2017), keeping every earlier task's head.")
     gr.add_argument("run", help="a finished run: a source run (`graft fit`) or an earlier `graft grow` step")
@@ -111,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     gr.add_argument("--quiet", action="store_true")
     for flag, (key, kind, text) in FIT_FLAGS.items():
         gr.add_argument(flag, type=kind, help=f"{text} [{key}]")
+    _add_logger_argument(gr)
 
     ev = command("evaluate", "Accuracy, per-class accuracy and a confusion matrix of RUN on labelled DATA.")
     ev.add_argument("run")
@@ -204,6 +206,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_logger_argument(parser: argparse.ArgumentParser) -> None:
+    from graft.loggers import LOGGERS
+
+    parser.add_argument("--logger", action="append", choices=LOGGERS,
+                        help="experiment logger, repeatable: csv and tensorboard write RUN/logs/, mlflow its tracking URI [runtime.loggers]")
+
+
+def _logger_overrides(args: argparse.Namespace) -> list[str]:
+    return [f"runtime.loggers={json.dumps(args.logger)}"] if args.logger else []
+
+
 def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments `graft compare` and `graft advise --compare` share."""
     parser.add_argument("data", help="labelled DATA (folder, CSV or .npz)")
@@ -280,7 +293,7 @@ def _fit(args: argparse.Namespace) -> None:
     if args.no_pretrained:
         overrides.append("model.pretrained=false")
     overrides += ["pseudo.audit=true"] * args.audit + ["distill.with_pseudo=true"] * args.with_pseudo
-    overrides += args.set
+    overrides += _logger_overrides(args) + args.set
     if args.resume:
         run = fit(resume=args.resume, overrides=overrides, quiet=args.quiet)
     else:
@@ -296,7 +309,7 @@ def _grow(args: argparse.Namespace) -> None:
     from graft.api import grow
 
     given = {key: getattr(args, flag[2:].replace("-", "_")) for flag, (key, _, _) in FIT_FLAGS.items()}
-    overrides = [f"{key}={json.dumps(value)}" for key, value in given.items() if value is not None] + args.set
+    overrides = [f"{key}={json.dumps(value)}" for key, value in given.items() if value is not None] + _logger_overrides(args) + args.set
     run = grow(args.run, args.data, route=args.route, val=args.val, test=args.test, out=args.out, overrides=overrides, quiet=args.quiet)
     info = run.meta["info"]
     names = [t["name"] for t in info["tasks"]]
