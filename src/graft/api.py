@@ -17,6 +17,7 @@ from graft.data.split import random_split, stratified_split
 from graft.errors import GraftError
 from graft.evaluation import Evaluation, evaluate_logits, predict_logits
 from graft.loggers import ExperimentLoggers
+from graft.model_card import write_model_card
 from graft.multilabel import MultiLabelEvaluation, evaluate_scores
 from graft.recipe import Recipe
 from graft.report import plot_confusion, plot_curves, save_figure, table, write_html
@@ -153,6 +154,7 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
     experiment.finish(metrics)
     if run.writer:
         write_run_report(run.work, meta, evaluation, result.history)
+        write_model_card(run.work, meta, evaluation, {"train": train, "val": val, "test": test})
     path = run.finish()
     reporter.print(f"[green]done[/] {recipe.route}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
     return load_run(path) if writer else Run(path, model, meta)
