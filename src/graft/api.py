@@ -323,7 +323,7 @@ def analyze(run: str | Path | Run, data: Any = None, out: Optional[str | Path] =
 
 
 def export(run: str | Path | Run, format: str = "onnx", out: Optional[str | Path] = None, atol: float = 1e-4) -> dict[str, Any]:
-    """Export to ONNX or TorchScript and check the exported outputs match PyTorch's within ``atol``."""
+    """Export to ONNX, TorchScript or a timm folder (``format="timm"``) and check the exported outputs match PyTorch's within ``atol``."""
     from graft.exporting import export_model
 
     run = run if isinstance(run, Run) else load_run(run)
