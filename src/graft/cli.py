@@ -55,7 +55,7 @@ EXAMPLES = {
             "  graft predict runs/b img.png --task task_a",
     "evaluate": "example:\n  graft evaluate runs/lpft-... test.npz --json",
     "predict": "example:\n  graft predict runs/lpft-... cat.jpg dog.png --top-k 3 --format json",
-    "export": "example:\n  graft export runs/lpft-... --format onnx",
+    "export": "example:\n  graft export runs/lpft-... --format onnx\n  graft export runs/lpft-... --format timm --out exported/",
     "demo": "example:\n  graft demo --out runs/demo",
     "pretrain": "example:\n  graft pretrain source.npz --objective supervised --arch graft_convnet_m --epochs 20 --out runs/source\n"
                 "  graft pretrain unlabelled/ --objective exemplar --arch exemplar-64c5-64c5-128f --classes 4000 --copies 100\n"
@@ -128,10 +128,11 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--format", choices=["csv", "json"], default="csv")
     pr.add_argument("--task", help="a grown run's task (name or index) that answers; default: its latest task")
 
-    ex = command("export", "Export RUN to ONNX or TorchScript and check its outputs against PyTorch.")
+    ex = command("export", "Export RUN to ONNX, TorchScript or a folder plain timm loads, and check its outputs against PyTorch.")
     ex.add_argument("run")
-    ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    ex.add_argument("--out", help="output file (default inside RUN)")
+    ex.add_argument("--format", choices=["onnx", "torchscript", "timm"], default="onnx",
+                    help="timm: model.safetensors + config.json for timm.create_model('local-dir:FOLDER', pretrained=True)")
+    ex.add_argument("--out", help="output file, or folder for timm (default inside RUN)")
     ex.add_argument("--atol", type=float, default=1e-4)
 
     pre = command("pretrain", "Train a backbone on a labelled source DATA (supervised) or unlabelled IMAGES (Exemplar-CNN); "
