@@ -25,8 +25,8 @@ def text_of(html: Path) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html.read_text()).replace("&plusmn;", "±"))
 
 
-def bench_rows(name: str) -> list[list[str]]:
-    """The table rows bench/NAME.py --table prints from its JSON, as lists of cells."""
+def bench_rows(name: str) -> tuple[list[list[str]], str]:
+    """The table rows bench/NAME.py --table prints from its JSON (as lists of cells), and all it printed."""
     printed = subprocess.run([sys.executable, str(ROOT / "bench" / f"{name}.py"), "--table"], cwd=ROOT, capture_output=True,
                              text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")})
     assert printed.returncode == 0, printed.stderr

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Protocol
 
 from graft.errors import GraftError
 from graft.recipe import Recipe
@@ -178,7 +178,3 @@ def _epochs_logged(path: Path) -> int:
         return 0
     return sum(1 for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("event") == "epoch")
 
-
-def log_folder(run_path: Path, kind: str) -> Optional[Path]:
-    """Where a finished run's CSV or TensorBoard logs are (None for MLflow, which keeps its own store)."""
-    return None if kind == "mlflow" else run_path / "logs" / kind
