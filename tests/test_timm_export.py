@@ -48,11 +48,14 @@ def test_timm_loads_the_export_and_matches_graft_predict(small_npz, tmp_path, ca
         np.testing.assert_allclose(probabilities, expected, atol=1e-5)
 
 
-def test_adaptation_layers_refused_with_reason(small_npz, tmp_path, capsys):
-    run = graft.fit(small_npz, route="adapt", backbone="graft_convnet_s", out=tmp_path / "adapted", quiet=True,
-                    overrides=[*FAST, "model.pretrained=false", "adapt.hidden=16", "adapt.epochs=1"])
+@pytest.mark.parametrize("route, settings, reason", [
+    ("adapt", ["adapt.hidden=16", "adapt.epochs=1"], "adaptation layers"),
+    ("grow-width", ["grow.epochs=1", "grow.units=8"], "a grown network (grow-width) has units hooked into graft_convnet_s")])
+def test_runs_timm_cannot_rebuild_are_refused_with_reason(small_npz, tmp_path, capsys, route, settings, reason):
+    run = graft.fit(small_npz, route=route, backbone="graft_convnet_s", out=tmp_path / "run", quiet=True,
+                    overrides=[*FAST, "model.pretrained=false", *settings])
     with pytest.raises(SystemExit) as stop:
         main(["export", str(run.path), "--format", "timm"])
     assert stop.value.code == 2
     error = capsys.readouterr().err
-    assert "adaptation layers" in error and "--format onnx or torchscript" in error and not (run.path / "timm").exists()
+    assert reason in error and "--format onnx or torchscript" in error and not (run.path / "timm").exists()
