@@ -5,7 +5,7 @@ images and the full test split, and runs one after another in this process (one 
 GRAFT_THREADS=1), so the time ratios compare like with like:
 
 - ``plain-probe``: timm model, eval mode, pooled features, scikit-learn ``LogisticRegression(max_iter=1000)``
-  at its default C (the "frozen features + logistic regression" of the README's references);
+  at its default C (the "frozen features + logistic regression" of the project brief's reference points);
 - ``naive-sgd``: new head, the whole network trained by SGD (lr 0.01, momentum 0.9, batch 64, no augmentation,
   BatchNorm in train mode) for ``--epochs`` epochs;
 - ``fastai``: fastai's ``vision_learner`` (timm arch, fastai's head, ``aug_transforms``, Adam, one-cycle) and

@@ -9,7 +9,7 @@ leaderboard's winner.
 
     python bench/compare_routes.py                       # both tasks (about 40 min on one CPU thread)
     python bench/compare_routes.py --tasks pneumonia --advise-only
-    python bench/compare_routes.py --table               # the README table from bench/results/compare_routes.json
+    python bench/compare_routes.py --table               # the docs table (docs/results/compare.md) from bench/results/compare_routes.json
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--advise-only", action="store_true", help="only run `graft advise` (compare results already saved)")
     parser.add_argument("--compare-only", action="store_true", help="only run `graft compare`")
-    parser.add_argument("--table", action="store_true", help="only print the README table of the saved results")
+    parser.add_argument("--table", action="store_true", help="only print the table of the saved results (the docs page shows it)")
     args = parser.parse_args()
     if args.table:
         print_table(json.loads(RESULTS.read_text()))

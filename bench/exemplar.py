@@ -9,7 +9,7 @@
    the subset) scored on the full 10,000-image test split; mean ± std over subsets.
 
     python bench/exemplar.py                 # results appended to bench/results/exemplar.json
-    python bench/exemplar.py --table         # the README table
+    python bench/exemplar.py --table         # the table of docs/results (generated from the JSON when the docs are built)
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ new / top-1 / top-2 / all; mean ± std over seeds. Continual: source -> CIFAR 5-
 with its accuracy/forgetting matrix, with and without LwF.
 
     python bench/grow.py                  # everything (about 35 min of one CPU thread)
-    python bench/grow.py --table          # the README tables from bench/results/grow.json
+    python bench/grow.py --table          # the docs tables (docs/results/grow.md) from bench/results/grow.json
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ scene. Backbone: the ImageNet MobileNetV2 of ../shared. Metric: test mAP (VOC cl
 The patches runs also report mAP for several aggregation exponents k (test-time only: same model).
 
     python bench/oquab.py                          # everything not yet in bench/results/oquab.json
-    python bench/oquab.py --table                  # the README table
+    python bench/oquab.py --table                  # the table of docs/results (generated from the JSON when the docs are built)
 """
 from __future__ import annotations
 

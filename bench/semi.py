@@ -7,7 +7,7 @@ as labeller; (c) a small student (graft_convnet_s, random init, 32 px) on the la
 vs ``distill`` from (b) on labels + pool. Mean ± std over seeds, seconds per run, the student's
 speed-up over the teacher (inference images/s, each at its own input size, one thread).
 
-    python bench/semi.py                                          # CPU scale, see the README for the reductions
+    python bench/semi.py                                          # CPU scale, see docs/results/semi.md for the reductions
     python bench/semi.py --tasks cifar10-100 --seeds 0 1 --pool 2000
     python bench/semi.py --table
 """

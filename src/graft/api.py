@@ -16,6 +16,8 @@ from graft.data.sources import ImageSet, load_images, require_classes
 from graft.data.split import random_split, stratified_split
 from graft.errors import GraftError
 from graft.evaluation import Evaluation, evaluate_logits, predict_logits
+from graft.loggers import ExperimentLoggers
+from graft.model_card import write_model_card
 from graft.multilabel import MultiLabelEvaluation, evaluate_scores
 from graft.recipe import Recipe
 from graft.report import plot_confusion, plot_curves, save_figure, table, write_html
@@ -107,6 +109,7 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
     from graft.backbones.factory import resolve_backbone
 
     base_backbone, _ = resolve_backbone(recipe.model.backbone, recipe.model.weights)
+    experiment = ExperimentLoggers(recipe)  # an unknown logger or a missing extra is refused here too
     unlabeled = _unlabeled(recipe, train.classes, reporter)
     writer = fabric.global_rank == 0
     if resume is not None:
@@ -118,7 +121,8 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
         context_probe = Context(recipe, fabric, train, val, test, RunDirectory(final, False), reporter)
         context_probe.model()  # weights that do not fit fail here, before the run directory exists
         run, checkpoint = RunDirectory.create(final, recipe, writer), None
-    context = Context(recipe, fabric, train, val, test, run, reporter, callbacks, checkpoint, unlabeled)
+    experiment.start(run.work, run.path.name, run.writer)
+    context = Context(recipe, fabric, train, val, test, run, reporter, [*callbacks, experiment], checkpoint, unlabeled)
     reporter.print(f"route [bold]{recipe.route}[/] on {recipe.model.backbone} -> {run.path}")
     try:
         result = route_fn(context)
@@ -147,8 +151,10 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
     if evaluation is not None and run.writer:
         run.write_json("test_evaluation.json", evaluation.to_dict())
     run.log(event="done", **metrics)
+    experiment.finish(metrics)
     if run.writer:
         write_run_report(run.work, meta, evaluation, result.history)
+        write_model_card(run.work, meta, evaluation, {"train": train, "val": val, "test": test})
     path = run.finish()
     reporter.print(f"[green]done[/] {recipe.route}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
     return load_run(path) if writer else Run(path, model, meta)
@@ -230,8 +236,9 @@ def grow(run: str | Path | Run, data: Any, route: Optional[str] = None, *, val: 
     """Continual growth (Wang et al. 2017, sec. 5.4): grow ``run`` again for the task in ``data``, keeping every
     earlier task's head; the new run's ``info`` holds the accuracy matrix (task after step) and the forgetting.
 
-    >>> step = graft.grow("runs/source", "task_a.npz", route="grow-width", test="task_a_test.npz")
-    >>> step.meta["info"]["accuracy_matrix"]
+    Examples:
+        >>> step = graft.grow("runs/source", "task_a.npz", route="grow-width", test="task_a_test.npz")
+        >>> step.meta["info"]["accuracy_matrix"]
     """
     path = Path(run.path if isinstance(run, Run) else run)
     meta = load_run(path).meta
@@ -317,7 +324,7 @@ def analyze(run: str | Path | Run, data: Any = None, out: Optional[str | Path] =
 
 
 def export(run: str | Path | Run, format: str = "onnx", out: Optional[str | Path] = None, atol: float = 1e-4) -> dict[str, Any]:
-    """Export to ONNX or TorchScript and check the exported outputs match PyTorch's within ``atol``."""
+    """Export to ONNX, TorchScript or a timm folder (``format="timm"``) and check the exported outputs match PyTorch's within ``atol``."""
     from graft.exporting import export_model
 
     run = run if isinstance(run, Run) else load_run(run)

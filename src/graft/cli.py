@@ -55,7 +55,7 @@ EXAMPLES = {
             "  graft predict runs/b img.png --task task_a",
     "evaluate": "example:\n  graft evaluate runs/lpft-... test.npz --json",
     "predict": "example:\n  graft predict runs/lpft-... cat.jpg dog.png --top-k 3 --format json",
-    "export": "example:\n  graft export runs/lpft-... --format onnx",
+    "export": "example:\n  graft export runs/lpft-... --format onnx\n  graft export runs/lpft-... --format timm --out exported/",
     "demo": "example:\n  graft demo --out runs/demo",
     "pretrain": "example:\n  graft pretrain source.npz --objective supervised --arch graft_convnet_m --epochs 20 --out runs/source\n"
                 "  graft pretrain unlabelled/ --objective exemplar --arch exemplar-64c5-64c5-128f --classes 4000 --copies 100\n"
@@ -99,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--with-pseudo", action="store_true", help="route distill: also train on the teacher's confident pseudo-labels")
     for flag, (key, kind, text) in FIT_FLAGS.items():
         fit.add_argument(flag, type=kind, help=f"{text} [{key}]")
+    _add_logger_argument(fit)
 
     gr = command("grow", "Grow RUN again for the task in DATA (continual growth, Wang et al. 2017), keeping every earlier task's head.")
     gr.add_argument("run", help="a finished run: a source run (`graft fit`) or an earlier `graft grow` step")
@@ -111,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     gr.add_argument("--quiet", action="store_true")
     for flag, (key, kind, text) in FIT_FLAGS.items():
         gr.add_argument(flag, type=kind, help=f"{text} [{key}]")
+    _add_logger_argument(gr)
 
     ev = command("evaluate", "Accuracy, per-class accuracy and a confusion matrix of RUN on labelled DATA.")
     ev.add_argument("run")
@@ -126,10 +128,11 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--format", choices=["csv", "json"], default="csv")
     pr.add_argument("--task", help="a grown run's task (name or index) that answers; default: its latest task")
 
-    ex = command("export", "Export RUN to ONNX or TorchScript and check its outputs against PyTorch.")
+    ex = command("export", "Export RUN to ONNX, TorchScript or a folder plain timm loads, and check its outputs against PyTorch.")
     ex.add_argument("run")
-    ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    ex.add_argument("--out", help="output file (default inside RUN)")
+    ex.add_argument("--format", choices=["onnx", "torchscript", "timm"], default="onnx",
+                    help="timm: model.safetensors + config.json for timm.create_model('local-dir:FOLDER', pretrained=True)")
+    ex.add_argument("--out", help="output file, or folder for timm (default inside RUN)")
     ex.add_argument("--atol", type=float, default=1e-4)
 
     pre = command("pretrain", "Train a backbone on a labelled source DATA (supervised) or unlabelled IMAGES (Exemplar-CNN); "
@@ -202,6 +205,17 @@ def _parser() -> argparse.ArgumentParser:
     ad.add_argument("--top", type=int, default=3, help="how many candidates --compare runs (default 3)")
     ad.add_argument("--seeds", type=int, default=1, help="seeds per route for --compare (default 1)")
     return parser
+
+
+def _add_logger_argument(parser: argparse.ArgumentParser) -> None:
+    from graft.loggers import LOGGERS
+
+    parser.add_argument("--logger", action="append", choices=LOGGERS,
+                        help="experiment logger, repeatable: csv and tensorboard write RUN/logs/, mlflow its tracking URI [runtime.loggers]")
+
+
+def _logger_overrides(args: argparse.Namespace) -> list[str]:
+    return [f"runtime.loggers={json.dumps(args.logger)}"] if args.logger else []
 
 
 def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
@@ -280,7 +294,7 @@ def _fit(args: argparse.Namespace) -> None:
     if args.no_pretrained:
         overrides.append("model.pretrained=false")
     overrides += ["pseudo.audit=true"] * args.audit + ["distill.with_pseudo=true"] * args.with_pseudo
-    overrides += args.set
+    overrides += _logger_overrides(args) + args.set
     if args.resume:
         run = fit(resume=args.resume, overrides=overrides, quiet=args.quiet)
     else:
@@ -296,7 +310,7 @@ def _grow(args: argparse.Namespace) -> None:
     from graft.api import grow
 
     given = {key: getattr(args, flag[2:].replace("-", "_")) for flag, (key, _, _) in FIT_FLAGS.items()}
-    overrides = [f"{key}={json.dumps(value)}" for key, value in given.items() if value is not None] + args.set
+    overrides = [f"{key}={json.dumps(value)}" for key, value in given.items() if value is not None] + _logger_overrides(args) + args.set
     run = grow(args.run, args.data, route=args.route, val=args.val, test=args.test, out=args.out, overrides=overrides, quiet=args.quiet)
     info = run.meta["info"]
     names = [t["name"] for t in info["tasks"]]

@@ -1,4 +1,4 @@
-"""Export a finished run to ONNX or TorchScript, and check the copy computes what PyTorch computes."""
+"""Export a finished run to ONNX, TorchScript or a timm folder, and check the copy computes what PyTorch computes."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +12,13 @@ from graft.runs import Run
 
 
 def export_model(run: Run, format: str, out: Optional[Path], atol: float) -> dict[str, Any]:
-    """Write the model (input: normalised (B, 3, S, S) float32 batch; output: logits) and compare outputs."""
+    """Write the model (input: normalised (B, 3, S, S) float32 batch; output: logits) and compare outputs.
+
+    ``format="timm"`` writes a folder plain timm loads instead (:mod:`graft.timm_export`)."""
+    if format == "timm":
+        from graft.timm_export import export_timm
+
+        return export_timm(run, out, atol)
     model = run.model.eval().to(memory_format=torch.contiguous_format)
     size = run.preprocessing.size
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -42,7 +48,7 @@ def export_model(run: Run, format: str, out: Optional[Path], atol: float) -> dic
         with torch.no_grad():
             got = torch.jit.load(str(out))(example).numpy()
     else:
-        raise GraftError(f"unknown export format '{format}'; choose onnx or torchscript")
+        raise GraftError(f"unknown export format '{format}'; choose onnx, torchscript or timm")
     difference = float(np.abs(got - expected).max())
     return {"path": str(out), "format": format, "max_abs_difference": difference, "matches": difference <= atol, "atol": atol,
             "input": {"shape": ["batch", 3, size, size], "mean": run.preprocessing.mean, "std": run.preprocessing.std}}
