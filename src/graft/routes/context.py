@@ -14,7 +14,9 @@ from graft.console import Reporter
 from graft.data.sources import ImageSet
 from graft.data.transforms import Preprocessing, resolve_preprocessing
 from graft.features import cached_features
+from graft.placement import Placement
 from graft.recipe import Recipe
+from graft.routes.registry import find_route
 from graft.runs import RunDirectory
 
 
@@ -50,12 +52,16 @@ class Context:
 
         ``pretrained`` defaults to what the route registered (scratch: random weights).
         """
-        from graft.routes import USES_PRETRAINED
-
+        spec = find_route(self.recipe.route)
         m = self.recipe.model
-        pretrained = USES_PRETRAINED.get(self.recipe.route, True) if pretrained is None else pretrained
+        pretrained = (spec is None or spec.pretrained) if pretrained is None else pretrained
         return create_model(m.backbone, self.num_classes, weights=m.weights if pretrained else None,
                             pretrained=pretrained and m.pretrained)
+
+    @property
+    def placement(self) -> Placement:
+        """Fabric's device and the run's precision: where every forward pass outside the training loop runs."""
+        return Placement(self.fabric.device, self.recipe.runtime.precision)
 
     def preprocessing(self, model: nn.Module) -> Preprocessing:
         return resolve_preprocessing(timm.data.resolve_model_data_config(model), self.recipe.data)
@@ -63,7 +69,7 @@ class Context:
     def features(self, model: nn.Module, images: ImageSet) -> np.ndarray:
         """Cached frozen features (N, D) of ``images``."""
         features, cached = cached_features(model, images, self.preprocessing(model), self.recipe.data.batch_size * 2,
-                                           self.reporter, self.recipe.linear.cache, self.recipe.model.channels_last)
+                                           self.reporter, self.recipe.linear.cache, self.recipe.model.channels_last, self.placement)
         self.reporter.print(f"features of {len(images)} images: {'from cache' if cached else 'extracted'}")
         self.run.log(event="features", images=len(images), cached=cached)
         return features

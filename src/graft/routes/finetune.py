@@ -1,7 +1,7 @@
 """Route ``finetune``: new head, lower backbone learning rate, staged unfreezing (DESIGN.md route 2)."""
 from __future__ import annotations
 
-from graft.routes import register_route
+from graft.routes.registry import get_route, register_route
 from graft.routes.context import Context, RouteResult
 from graft.train.groups import parse_stages
 from graft.train.loop import train_stages
@@ -10,11 +10,10 @@ from graft.train.loop import train_stages
 def run_stages(context: Context, model, stages) -> RouteResult:
     """Train ``model`` through ``stages`` in graft's one loop; stretched to ``train.min_steps`` unless the route is
     registered with ``min_steps=False``."""
-    from graft.routes import USES_MIN_STEPS
 
     history = train_stages(context.fabric, model, stages, context.train, context.val, context.preprocessing(model),
                            context.recipe, context.run, context.reporter, callbacks=context.callbacks,
-                           checkpoint=context.checkpoint, channels_last=context.recipe.model.channels_last, use_min_steps=USES_MIN_STEPS.get(context.recipe.route, True))
+                           checkpoint=context.checkpoint, channels_last=context.recipe.model.channels_last, use_min_steps=get_route(context.recipe.route).min_steps)
     return RouteResult(model, {"stages": [s.__dict__ for s in stages]}, history)
 
 
