@@ -16,7 +16,10 @@ from conftest import FAST
 ROUTE_FAST = {"patches": ["patches.max_windows=20", "patches.scales=3", "adapt.hidden=64"]}
 
 
-@pytest.mark.parametrize("route", route_names())
+CLASSIFIER_ROUTES = [name for name in route_names() if get_route(name).labelled]  # exemplar pretraining: test_exemplar.py
+
+
+@pytest.mark.parametrize("route", CLASSIFIER_ROUTES)
 def test_every_route_learns_separable_data(route, toy_npz, source_run, tmp_path):
     # routes that learn from unlabelled images and a teacher get the toy images (labels unread) and the source run
     extra = [f"data.unlabeled={toy_npz}", f"distill.teacher={source_run.path}"] if get_route(route).unlabeled else []

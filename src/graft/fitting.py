@@ -15,10 +15,6 @@ from graft.routes import Context, find_route, get_route, route_names
 from graft.routes.grow import DEFAULT_GROW_ROUTE
 from graft.runs import Run, RunDirectory, load_run
 
-# workflows that own runs of a recorded route outside the registry (`graft pretrain`'s Exemplar-CNN), by route name;
-# filled when their module is imported (graft.pretraining), so `graft fit --resume` takes their interrupted runs too
-RESUMERS: dict[str, Callable[..., Run]] = {}
-
 
 def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] = None, weights: Optional[str] = None, *,
         val: Any = None, test: Any = None, out: Optional[str | Path] = None, recipe: Optional[Recipe] = None,
@@ -31,36 +27,43 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
     """
     if resume is not None:
         _, recipe = RunDirectory.reopen(resume)
-        if recipe.route in RESUMERS:
-            return RESUMERS[recipe.route](resume=resume, overrides=overrides, quiet=quiet, callbacks=callbacks)
         recipe = recipe.override(list(overrides))
     else:
-        recipe = resolve_recipe(recipe, overrides, route=route, **{"model.backbone": backbone, "model.weights": weights,
+        # the route's own defaults go before the caller's overrides (the route is known once the recipe names it)
+        named = resolve_recipe(recipe, (), route=route).route
+        defaults = list(get_route(named).defaults) if find_route(named) is not None else []
+        recipe = resolve_recipe(recipe, [*defaults, *overrides], route=route, **{"model.backbone": backbone, "model.weights": weights,
                                 "data.train": as_path(data), "data.val": as_path(val), "data.test": as_path(test),
                                 "runtime.out": None if out is None else str(out), "runtime.quiet": quiet or None})
     spec = get_route(recipe.route)
     life = Lifecycle.start(recipe)
     reporter = life.reporter
-    train, val_set, test_set = life.splits()
+    train, val_set, test_set = life.splits() if spec.labelled else (life.images(), None, None)
     # refuse a bad backbone or weights file before anything is written or trained
     from graft.backbones.factory import resolve_backbone
 
     base_backbone, _ = resolve_backbone(recipe.model.backbone, recipe.model.weights)
     unlabeled = life.unlabeled(train.classes)
 
-    def check(final: RunDirectory) -> None:  # weights that do not fit fail here, before the run directory exists
-        Context(recipe, life.fabric, train, val_set, test_set, final, reporter).model()
+    def prepare(final: RunDirectory) -> Any:  # bad input (e.g. weights that do not fit) fails here, before the run directory exists
+        probe = Context(recipe, life.fabric, train, val_set, test_set, final, reporter, started=life.started)
+        if spec.prepare is not None:
+            return spec.prepare(probe)
+        probe.model()
+        return None
 
-    run, checkpoint = life.open_run(resume, check)
-    context = Context(recipe, life.fabric, train, val_set, test_set, run, reporter, callbacks, checkpoint, unlabeled)
-    reporter.print(f"route [bold]{recipe.route}[/] on {recipe.model.backbone} -> {run.path}")
+    run, checkpoint, prepared = life.open_run(resume, prepare)
+    context = Context(recipe, life.fabric, train, val_set, test_set, run, reporter, callbacks, checkpoint, unlabeled, prepared, life.started)
+    where = life.describe()
+    run.log(event="device", **where)
+    reporter.print(f"route [bold]{recipe.route}[/] on {recipe.model.backbone} -> {run.path} ({where['device']}, {where['precision']})")
     try:
         result = spec.fit(context)
     except KeyboardInterrupt:
         life.interrupted(run, "graft fit")
         raise
     model = result.model.eval()
-    pre = context.preprocessing(model)
+    pre = result.preprocessing or context.preprocessing(model)
     metrics: dict[str, Any] = {}
     evaluation = None
     if test_set is not None and len(test_set):
@@ -72,10 +75,10 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
         else:
             evaluation = evaluate_logits(logits, test_set.labels, test_set.classes)
             metrics.update(test_accuracy=evaluation.accuracy, test_count=evaluation.count)
-    if result.history and "val_accuracy" in result.history[0]:
+    if spec.labelled and result.history and "val_accuracy" in result.history[0]:
         metrics["val_accuracy"] = max(h["val_accuracy"] for h in result.history)
-    metrics = {"seconds": round(time.time() - life.started, 2), **metrics}
-    meta = {"backbone": base_backbone, "route": recipe.route, "classes": train.classes, "preprocessing": pre.to_dict(),
+    metrics = {"seconds": round(time.time() - life.started, 2), **metrics, **result.metrics}
+    meta = {"backbone": base_backbone, "route": recipe.route, "classes": result.classes or train.classes, "preprocessing": pre.to_dict(),
             "metrics": metrics, "info": result.info, "skipped_files": [{"file": f, "reason": r} for f, r in train.skipped],
             "recipe": recipe.to_dict(), "multilabel": train.multilabel}
     return life.finish_run(run, model, meta, evaluation, result.history)
@@ -101,4 +104,4 @@ def grow(run: str | Path | Run, data: Any, route: Optional[str] = None, *, val: 
                overrides=[f"grow.previous={json.dumps(str(path))}", *overrides])
 
 
-__all__ = ["RESUMERS", "fit", "grow"]
+__all__ = ["fit", "grow"]

@@ -17,7 +17,7 @@ import torch
 from lightning_fabric import Fabric
 
 from graft.console import Reporter
-from graft.data.sources import ImageSet
+from graft.data.sources import ImageSet, load_images
 from graft.data.split import make_splits
 from graft.errors import GraftError
 from graft.evaluation import Evaluation
@@ -86,14 +86,19 @@ class Lifecycle:
             torch.set_num_threads(runtime.threads)
         try:
             fabric = Fabric(accelerator=runtime.accelerator, devices=1, precision=runtime.precision)
-        except (ValueError, RuntimeError) as error:  # an unknown precision or an absent accelerator
-            raise GraftError(f"accelerator '{runtime.accelerator}' with precision '{runtime.precision}': {error}") from error
+        except (ValueError, RuntimeError) as error:  # an unknown precision, or an accelerator this machine lacks
+            raise GraftError(f"--accelerator {runtime.accelerator} --precision {runtime.precision}: {error}; "
+                             "give --accelerator cpu (or auto) and a precision such as 32-true or bf16-mixed") from error
         return cls(recipe, fabric, Reporter(quiet=quiet))
 
     @property
     def placement(self) -> Placement:
         """Fabric's device and the recipe's precision: where every forward pass outside the training loop runs."""
         return Placement(self.fabric.device, self.recipe.runtime.precision)
+
+    def describe(self) -> dict[str, str]:
+        """Where forward passes run: {"device": e.g. "cuda:0", "precision": e.g. "bf16-mixed"}."""
+        return {"device": str(self.fabric.device), "precision": str(self.recipe.runtime.precision)}
 
     @property
     def writer(self) -> bool:
@@ -102,6 +107,13 @@ class Lifecycle:
     def splits(self) -> tuple[ImageSet, Optional[ImageSet], Optional[ImageSet]]:
         """Train/val/test sets of the recipe (:func:`graft.data.split.make_splits`)."""
         return make_splits(self.recipe, self.reporter)
+
+    def images(self) -> ImageSet:
+        """The recipe's DATA read without labels (routes registered ``labelled=False``: no splits)."""
+        if not self.recipe.data.train:
+            raise GraftError(f"no images given; route {self.recipe.route} needs DATA (a folder or .npz; labels are not read), "
+                             "e.g. `graft pretrain images/ --objective exemplar --arch exemplar-64c5-64c5-128f`")
+        return load_images(self.recipe.data.train, labelled=False)
 
     def unlabeled(self, classes: list[str]) -> Optional[ImageSet]:
         """The ``--unlabeled`` images (labels never read), refused for routes that would ignore them."""
@@ -118,18 +130,19 @@ class Lifecycle:
         self.reporter.print(f"unlabelled: {len(images)} images from {images.origin}" + (f"; skipped {len(images.skipped)} unreadable files" if images.skipped else ""))
         return images
 
-    def open_run(self, resume: Optional[str | Path], check: Callable[[RunDirectory], None] = lambda run: None
-                 ) -> tuple[RunDirectory, Optional[dict[str, Any]]]:
-        """The run directory and its checkpoint: ``resume``'s (logged), or a new one at ``runtime.out`` (default
-        runs/ROUTE-BACKBONE-TIME) once ``check(final directory, not written)`` has passed."""
+    def open_run(self, resume: Optional[str | Path], prepare: Callable[[RunDirectory], Any] = lambda run: None
+                 ) -> tuple[RunDirectory, Optional[dict[str, Any]], Any]:
+        """The run directory, its checkpoint and what ``prepare`` returned: ``resume``'s run (logged; nothing
+        prepared), or a new one at ``runtime.out`` (default runs/ROUTE-BACKBONE-TIME) once ``prepare(final directory,
+        not yet written)`` has passed (it refuses bad input before anything is written)."""
         if resume is not None:
             run, _ = RunDirectory.reopen(resume, self.writer)
             checkpoint = run.load_checkpoint()
             run.log(event="resume", from_checkpoint=checkpoint is not None)
-            return run, checkpoint
+            return run, checkpoint, None
         final = Path(self.recipe.runtime.out) if self.recipe.runtime.out else default_run_path(self.recipe)
-        check(RunDirectory(final, False))
-        return RunDirectory.create(final, self.recipe, self.writer), None
+        prepared = prepare(RunDirectory(final, False))
+        return RunDirectory.create(final, self.recipe, self.writer), None, prepared
 
     def interrupted(self, run: RunDirectory, command: str) -> None:
         self.reporter.print(f"[yellow]interrupted[/]; continue with: {command} --resume {run.path}")

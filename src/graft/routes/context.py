@@ -1,6 +1,7 @@
 """What every route receives (the data splits, the recipe, Fabric, the run) and returns."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -28,6 +29,9 @@ class RouteResult:
     info: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     test_logits: Optional[np.ndarray] = None
+    classes: Optional[list[str]] = None  # the model's outputs when they are not the data's classes (surrogate classes)
+    preprocessing: Optional[Preprocessing] = None  # when not the backbone's (e.g. Exemplar-CNN patches)
+    metrics: dict[str, Any] = field(default_factory=dict)  # the route's own summary numbers, added to the run's
 
 
 @dataclass
@@ -42,6 +46,12 @@ class Context:
     callbacks: Sequence[Callable[[dict[str, Any]], None]] = ()
     checkpoint: Optional[dict[str, Any]] = None
     unlabeled: Optional[ImageSet] = None  # --unlabeled images, every label -1 (routes registered with unlabeled=True)
+    prepared: Any = None  # what the route's ``prepare`` hook returned before the run directory existed (None on resume)
+    started: float = field(default_factory=time.time)
+
+    def elapsed(self) -> float:
+        """Seconds since the workflow started, rounded to 10 ms."""
+        return round(time.time() - self.started, 2)
 
     @property
     def num_classes(self) -> int:

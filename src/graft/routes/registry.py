@@ -26,6 +26,8 @@ RouteFn = Callable[["Context"], "RouteResult"]
 ScoreFn = Callable[["Run", "ImageSet", "Placement", int, Optional["Reporter"]], np.ndarray]
 # (run, (N, C) scores) -> (N, C) probabilities that `graft predict` reports
 ProbabilityFn = Callable[["Run", np.ndarray], np.ndarray]
+# (context) -> anything the fit function gets as ``context.prepared``; runs before the run directory exists
+PrepareFn = Callable[["Context"], Any]
 # (run) -> the module `graft export` writes (its outputs: what `predict` scores), or a GraftError saying why not
 ExportFn = Callable[["Run"], nn.Module]
 
@@ -38,9 +40,12 @@ class RouteSpec:
     ``features_only``: trains only a head on cached frozen features (cheap: `graft compare` runs these first; the
     backbone stays bit-identical). ``min_steps=False``: the head starts trained (LP-FT), so its stages are never
     stretched to ``train.min_steps``. ``grows``: grows a finished run again (`graft grow`). ``compared``: among
-    `graft compare`'s default routes for plain single-label data. Hooks (None: the plain classifier's behaviour):
-    ``score`` a finished run's class scores, ``probabilities`` what `predict` reports from them, ``export`` the
-    module that `graft export` writes.
+    `graft compare`'s default routes for plain single-label data. ``labelled=False``: reads no labels and makes no
+    splits (self-supervised pretraining; its run is a backbone, not a classifier of the data's classes).
+    ``defaults``: recipe overrides applied before the user's. Hooks (None: the plain classifier's behaviour):
+    ``prepare`` runs before the run directory exists (default: build the starting model, so weights that do not
+    fit fail first) and hands its result to the fit function; ``score`` a finished run's class scores,
+    ``probabilities`` what `predict` reports from them, ``export`` the module that `graft export` writes.
     """
 
     name: str
@@ -51,6 +56,9 @@ class RouteSpec:
     min_steps: bool = True
     grows: bool = False
     compared: bool = True
+    labelled: bool = True
+    prepare: Optional[PrepareFn] = None
+    defaults: tuple[str, ...] = ()
     score: Optional[ScoreFn] = None
     probabilities: Optional[ProbabilityFn] = None
     export: Optional[ExportFn] = None
@@ -89,4 +97,4 @@ def get_route(name: str) -> RouteSpec:
     return spec
 
 
-__all__ = ["REGISTRY", "RouteSpec", "RouteFn", "ScoreFn", "ProbabilityFn", "ExportFn", "register_route", "route_names", "find_route", "get_route"]
+__all__ = ["REGISTRY", "RouteSpec", "RouteFn", "ScoreFn", "ProbabilityFn", "PrepareFn", "ExportFn", "register_route", "route_names", "find_route", "get_route"]
