@@ -79,6 +79,28 @@ def test_evaluate_and_predict_run_under_the_callers_precision(toy_npz, source_ru
     assert not np.array_equal(p_full, p_half) and np.abs(p_full - p_half).max() < 0.1
     # by default a run is evaluated under the precision it recorded (here 32-true)
     evaluation = graft.evaluate(source_run.path, toy_npz)
+    assert evaluation.extra["device"] == "cpu" and evaluation.extra["precision"] == "32-true"  # said in evaluation.json too
     assert evaluation.accuracy == graft.evaluate(source_run.path, toy_npz, precision="32-true").accuracy
     with pytest.raises(graft.GraftError, match="precision"):
         graft.evaluate(source_run.path, toy_npz, precision="12-bits")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU path is checked on a machine with one")
+def test_forward_passes_run_on_the_gpu_under_bf16(toy_npz, source_run, tmp_path):
+    life = Lifecycle.for_inference("bf16-mixed", "gpu")
+    assert life.placement.device.type == "cuda" and life.placement.pin_memory
+    model = source_run.model
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    seen = []
+    handle = first.register_forward_hook(lambda module, inputs, output: seen.append((inputs[0].device.type, output.dtype)))
+    on_gpu = extract_features(model, load_images(toy_npz), source_run.preprocessing, placement=life.placement)
+    handle.remove()
+    assert seen and all(device == "cuda" and dtype == torch.bfloat16 for device, dtype in seen)
+    assert next(model.parameters()).device.type == "cpu" and on_gpu.dtype == np.float32
+    on_cpu = extract_features(model, load_images(toy_npz), source_run.preprocessing, placement=Lifecycle.for_inference("32-true", "cpu").placement)
+    assert cosine(on_cpu, on_gpu).min() > 0.99
+    run = graft.fit(toy_npz, route="linear", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "gpu", quiet=True,
+                    overrides=[*FAST, "runtime.accelerator=gpu", "runtime.precision=bf16-mixed"])
+    evaluation = graft.evaluate(run.path, toy_npz, accelerator="gpu")
+    assert evaluation.extra["device"].startswith("cuda") and evaluation.extra["precision"] == "bf16-mixed"
+    assert abs(evaluation.accuracy - graft.evaluate(run.path, toy_npz, accelerator="cpu", precision="32-true").accuracy) <= 0.05

@@ -67,6 +67,7 @@ def evaluate(run: str | Path | Run, data: Any, batch_size: int = 128, quiet: boo
     else:
         evaluation = evaluate_logits(scores, images.labels, images.classes)
         evaluation.extra["confusion_png"] = str(save_figure(plot_confusion(evaluation.confusion, evaluation.classes), folder / "confusion.png"))
+    evaluation.extra.update(life.describe())  # where the forward passes ran: a user checks the GPU path here
     (folder / "evaluation.json").write_text(json.dumps(evaluation.to_dict(), indent=2))
     return evaluation
 
