@@ -66,10 +66,10 @@ def min_steps_of(route: str) -> int:
     """The step floor a route's runs get by default: 0 for routes that train no backbone on images (``linear``)
     or whose head starts trained (``lpft``), from the route registry."""
     from graft.recipe import Recipe
-    from graft.routes import FEATURES_ONLY, USES_MIN_STEPS, route_names
+    from graft.routes import get_route
 
-    route_names()  # fills the registry
-    return 0 if FEATURES_ONLY[route] or not USES_MIN_STEPS[route] else Recipe().train.min_steps
+    spec = get_route(route)
+    return 0 if spec.features_only or not spec.min_steps else Recipe().train.min_steps
 
 
 def current(row: dict[str, Any]) -> bool:

@@ -9,7 +9,7 @@ from graft.exporting import export
 from graft.fitting import fit, grow
 from graft.inference import evaluate, predict, run_scores, select_task
 from graft.lifecycle import make_splits, resolve_recipe, write_run_report
-from graft.pretraining import pretrain  # also lets `graft fit --resume` take an interrupted Exemplar-CNN pretraining
+from graft.pretraining import pretrain
 from graft.protocols import evaluate_features
 from graft.recipe import Recipe
 from graft.runs import Run, load_run
