@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from graft.backbones.factory import resolve_backbone
 from graft.errors import GraftError
 from graft.evaluation import evaluate_logits, predict_logits
 from graft.lifecycle import Lifecycle, as_path, resolve_recipe
@@ -20,7 +21,8 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
         val: Any = None, test: Any = None, out: Optional[str | Path] = None, recipe: Optional[Recipe] = None,
         overrides: Sequence[str] = (), quiet: bool = False, resume: Optional[str | Path] = None,
         callbacks: Sequence[Callable[[dict[str, Any]], None]] = ()) -> Run:
-    """Train a classifier on ``data`` by ``route`` and return the finished :class:`Run`.
+    """Train a classifier on ``data`` by ``route`` (or, for a ``labelled=False`` route, a backbone) and return the
+    finished :class:`Run`; every forward pass runs on ``runtime.accelerator`` under ``runtime.precision``.
 
     >>> run = graft.fit("images/", route="lpft", backbone="mobilenetv2_100", weights="mnv2.safetensors")
     >>> run.metrics["test_accuracy"]
@@ -30,8 +32,8 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
         recipe = recipe.override(list(overrides))
     else:
         # the route's own defaults go before the caller's overrides (the route is known once the recipe names it)
-        named = resolve_recipe(recipe, (), route=route).route
-        defaults = list(get_route(named).defaults) if find_route(named) is not None else []
+        named = find_route(resolve_recipe(recipe, (), route=route).route)  # None: refused below with the list of routes
+        defaults = list(named.defaults) if named is not None else []
         recipe = resolve_recipe(recipe, [*defaults, *overrides], route=route, **{"model.backbone": backbone, "model.weights": weights,
                                 "data.train": as_path(data), "data.val": as_path(val), "data.test": as_path(test),
                                 "runtime.out": None if out is None else str(out), "runtime.quiet": quiet or None})
@@ -40,8 +42,6 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
     reporter = life.reporter
     train, val_set, test_set = life.splits() if spec.labelled else (life.images(), None, None)
     # refuse a bad backbone or weights file before anything is written or trained
-    from graft.backbones.factory import resolve_backbone
-
     base_backbone, _ = resolve_backbone(recipe.model.backbone, recipe.model.weights)
     unlabeled = life.unlabeled(train.classes)
 

@@ -19,6 +19,7 @@ from lightning_fabric import Fabric
 from graft.console import Reporter
 from graft.data.sources import ImageSet, load_images
 from graft.data.split import make_splits
+from graft.data.unlabeled import load_unlabeled
 from graft.errors import GraftError
 from graft.evaluation import Evaluation
 from graft.multilabel import MultiLabelEvaluation
@@ -120,8 +121,6 @@ class Lifecycle:
         recipe = self.recipe
         if not recipe.data.unlabeled:
             return None
-        from graft.data.unlabeled import load_unlabeled
-
         spec = find_route(recipe.route)
         if spec is None or not spec.unlabeled:
             users = [name for name in route_names() if find_route(name).unlabeled]
