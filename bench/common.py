@@ -66,20 +66,20 @@ def min_steps_of(route: str) -> int:
     """The step floor a route's runs get by default: 0 for routes that train no backbone on images (``linear``)
     or whose head starts trained (``lpft``), from the route registry."""
     from graft.recipe import Recipe
-    from graft.routes import FEATURES_ONLY, USES_MIN_STEPS, route_names
+    from graft.routes import get_route
 
-    route_names()  # fills the registry
-    return 0 if FEATURES_ONLY[route] or not USES_MIN_STEPS[route] else Recipe().train.min_steps
+    spec = get_route(route)
+    return 0 if spec.features_only or not spec.min_steps else Recipe().train.min_steps
 
 
 def head_init_of(route: str) -> str:
     """How a route's new head starts by default (``model.head_init``); "-" for routes where it does not matter: the
     probe's head (``linear``, ``lpft``) is fitted, not trained from its start, and ``scratch`` is random throughout."""
     from graft.recipe import Recipe
-    from graft.routes import FEATURES_ONLY, USES_MIN_STEPS, USES_PRETRAINED, route_names
+    from graft.routes import get_route
 
-    route_names()  # fills the registry
-    trains_new_head = USES_PRETRAINED[route] and USES_MIN_STEPS[route] and not FEATURES_ONLY[route]
+    spec = get_route(route)
+    trains_new_head = spec.pretrained and spec.min_steps and not spec.features_only
     return Recipe().model.head_init if trains_new_head else "-"
 
 

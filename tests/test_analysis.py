@@ -8,6 +8,7 @@ import torch
 import graft
 from graft.analysis import choose_units, top_activating, weight_change
 from graft.errors import GraftError
+from graft.routes import get_route, route_names
 
 from chromium import needs_chromium, open_in_chromium
 from conftest import FAST
@@ -96,15 +97,13 @@ def test_command_has_help_with_example(command, capsys):
     assert "example:" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("route", __import__("graft.routes", fromlist=["route_names"]).route_names())
+@pytest.mark.parametrize("route", [name for name in route_names() if get_route(name).labelled])
 def test_analyze_works_for_every_registered_route(route, toy_npz, source_run, tmp_path):
-    from graft.routes import USES_PRETRAINED, USES_UNLABELED
-
-    extra = [f"data.unlabeled={toy_npz}", f"distill.teacher={source_run.path}"] if USES_UNLABELED.get(route) else []
+    extra = [f"data.unlabeled={toy_npz}", f"distill.teacher={source_run.path}"] if get_route(route).unlabeled else []
     run = graft.fit(toy_npz, route=route, backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / route,
                     quiet=True, overrides=[*FAST, "train.stages=new:1,all:1", *extra])  # a route that cannot fit here fails
     analysis = graft.analyze(run.path, count=2, k=3, max_images=30, embedding="tsne")
     assert analysis.report.exists() and analysis.top_after.shape == (2, 3)
     assert analysis.evaluation.accuracy == pytest.approx(run.metrics["test_accuracy"])
-    if USES_PRETRAINED.get(route, True):
+    if get_route(route).pretrained:
         assert analysis.before_embedding is not None and analysis.changes  # the starting weights were rebuilt

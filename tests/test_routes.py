@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 import graft
-from graft.routes import USES_UNLABELED, route_names
+from graft.backbones import weights_hash
+from graft.routes import get_route, route_names
 from graft.runs import RunDirectory, partial_path
 
 from conftest import FAST, Interrupt
@@ -16,10 +17,13 @@ from conftest import FAST, Interrupt
 ROUTE_FAST = {"patches": ["patches.max_windows=20", "patches.scales=3", "adapt.hidden=64"]}
 
 
-@pytest.mark.parametrize("route", route_names())
+CLASSIFIER_ROUTES = [name for name in route_names() if get_route(name).labelled]  # exemplar pretraining: test_exemplar.py
+
+
+@pytest.mark.parametrize("route", CLASSIFIER_ROUTES)
 def test_every_route_learns_separable_data(route, toy_npz, source_run, tmp_path):
     # routes that learn from unlabelled images and a teacher get the toy images (labels unread) and the source run
-    extra = [f"data.unlabeled={toy_npz}", f"distill.teacher={source_run.path}"] if USES_UNLABELED.get(route) else []
+    extra = [f"data.unlabeled={toy_npz}", f"distill.teacher={source_run.path}"] if get_route(route).unlabeled else []
     run = graft.fit(toy_npz, route=route, backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / route,
                     quiet=True, overrides=[*FAST, "train.stages=new:1,all:3", *extra, *ROUTE_FAST.get(route, [])])
     assert run.metrics["test_accuracy"] > 0.6  # chance is 1/3

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from graft.version import __version__  # noqa: F401 - graft.__version__
 
 _API = {"fit", "grow", "evaluate", "predict", "export", "load_run", "Recipe", "Run", "GraftError", "demo", "pretrain", "evaluate_features",
         "scenes", "analyze", "compare", "advise"}

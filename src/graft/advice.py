@@ -21,10 +21,21 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import timm
 import torch
+from sklearn.neighbors import KNeighborsClassifier
 from torch import nn
 
+from graft.backbones import create_model
+from graft.data.sources import load_images, require_classes
+from graft.data.split import per_class_subset, stratified_split
+from graft.data.transforms import TransformedImages, eval_transform, resolve_preprocessing
 from graft.errors import GraftError
+from graft.features import extract_features
+from graft.lifecycle import Lifecycle, resolve_recipe
+from graft.placement import Placement
+from graft.probe import fit_probe
+from graft.routes import route_names
 
 LARGE_PER_CLASS = 500  # median labelled images per class from which a set counts as large
 SIMILAR_SCORE = 0.5  # chance-corrected probe accuracy on the small split from which features "already fit"
@@ -69,10 +80,10 @@ class Advice:
         return {**asdict(self), "measured": self.measured}
 
 
-def feature_shift(model: nn.Module, batches: Sequence[torch.Tensor], layers: int = 3) -> Optional[float]:
+def feature_shift(model: nn.Module, batches: Sequence[torch.Tensor], layers: int = 3, placement: Placement = Placement()) -> Optional[float]:
     """Mean over the last ``layers`` BatchNorm layers of mean_c |mu_c - running_mean_c| / sqrt(running_var_c + eps).
 
-    ``batches``: preprocessed (B, 3, S, S) images. None when the network has no BatchNorm.
+    ``batches``: preprocessed (B, 3, S, S) images, run on ``placement``. None when the network has no BatchNorm.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats][-layers:]
     if not norms:
@@ -84,16 +95,15 @@ def feature_shift(model: nn.Module, batches: Sequence[torch.Tensor], layers: int
         def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             x = inputs[0].detach().float()
             dims = [d for d in range(x.ndim) if d != 1]
-            sums[index] = sums.get(index, 0) + x.sum(dim=dims).double()
+            sums[index] = sums.get(index, 0) + x.sum(dim=dims).double().cpu()  # the running statistics are compared on the CPU
             counts[index] = counts.get(index, 0) + x.numel() // x.shape[1]
         return record
 
     handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(norms)]
     try:
-        model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), placement.running(model) as device:
             for batch in batches:
-                model(batch)
+                model(placement.to_device(batch, device))
     finally:
         for handle in handles:
             handle.remove()
@@ -111,20 +121,8 @@ def advise(data: Any, backbone: Optional[str] = None, weights: Optional[str] = N
 
     ``per_class``: at most this many images of each class form the small split (half fit, half scored).
     """
-    import timm
-    from sklearn.neighbors import KNeighborsClassifier
-
-    from graft.api import resolve_recipe
-    from graft.backbones import create_model
-    from graft.console import Reporter
-    from graft.data.sources import load_images, require_classes
-    from graft.data.split import per_class_subset, stratified_split
-    from graft.data.transforms import TransformedImages, eval_transform, resolve_preprocessing
-    from graft.features import extract_features
-    from graft.probe import fit_probe
-    from graft.routes import route_names
-
     recipe = resolve_recipe(None, overrides, **{"model.backbone": backbone, "model.weights": weights, "runtime.seed": seed})
+    life = Lifecycle.for_inference(quiet=quiet, recipe=recipe)
     images = load_images(data)
     if images.multilabel:
         raise GraftError(f"{images.origin}: advise covers single-label data; this set has several labels per image")
@@ -141,8 +139,7 @@ def advise(data: Any, backbone: Optional[str] = None, weights: Optional[str] = N
     fit_index, score_index = stratified_split(sample.labels, 0.5, seed, sample.classes)
     model = create_model(recipe.model.backbone, len(images.classes), weights=recipe.model.weights, pretrained=recipe.model.pretrained).eval()
     pre = resolve_preprocessing(timm.data.resolve_model_data_config(model), recipe.data)
-    reporter = Reporter(quiet=quiet)
-    features = extract_features(model, sample, pre, reporter=reporter, channels_last=False)
+    features = extract_features(model, sample, pre, reporter=life.reporter, channels_last=False, placement=life.placement)
     fit_x, fit_y, score_x, score_y = features[fit_index], sample.labels[fit_index], features[score_index], sample.labels[score_index]
     probe = fit_probe(fit_x, fit_y, None, None, len(images.classes), recipe.linear, seed)
     probe_accuracy = float(((score_x @ probe.weight.T + probe.bias).argmax(1) == score_y).mean())
@@ -152,8 +149,8 @@ def advise(data: Any, backbone: Optional[str] = None, weights: Optional[str] = N
     chance = float(np.bincount(score_y).max() / len(score_y))  # majority class: the accuracy of knowing nothing
     probe_score = (probe_accuracy - chance) / max(1 - chance, 1e-8)
     transform = eval_transform(pre)
-    loader = torch.utils.data.DataLoader(TransformedImages(sample, transform), batch_size=64)
-    shift = feature_shift(model, [x for x, _ in loader])
+    loader = torch.utils.data.DataLoader(TransformedImages(sample, transform), batch_size=64, pin_memory=life.placement.pin_memory)
+    shift = feature_shift(model, [x for x, _ in loader], placement=life.placement)
     similar = probe_score >= SIMILAR_SCORE and (shift is None or shift <= SIMILAR_SHIFT)
     similarity = "similar" if similar else "different"
     ranked, why = MATRIX[(size, similarity)]

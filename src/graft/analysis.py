@@ -12,14 +12,28 @@ route registry, never on a route's internals, so every route (present or future)
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from graft.backbones import create_model, head_prefix
+from graft.console import Reporter
+from graft.data.sources import load_images
+from graft.data.split import make_splits, per_class_subset
 from graft.errors import GraftError
+from graft.evaluation import Evaluation, evaluate_logits
+from graft.features import extract_features
+from graft.inference import run_lifecycle, run_scores
+from graft.placement import Placement
+from graft.recipe import Recipe
+from graft.report import write_analysis_report
+from graft.routes import find_route
+from graft.runs import Run, load_run
 
 
 @dataclass
@@ -119,13 +133,11 @@ def starting_model(meta: dict[str, Any], seed: int = 0) -> tuple[Optional[nn.Mod
     seeded initialisation (not bit-identical to the run's own start). When the weights cannot be had
     (hub offline, file moved) the model is None and the note says why.
     """
-    from graft.backbones import create_model
-    from graft.routes import USES_PRETRAINED, route_names
-
     model_config = meta.get("recipe", {}).get("model", {})
     backbone, weights = model_config.get("backbone", meta["backbone"]), model_config.get("weights")
     route = meta.get("route", "")
-    pretrained = model_config.get("pretrained", True) and (USES_PRETRAINED.get(route, True) if route in route_names() else True)
+    spec = find_route(route)
+    pretrained = model_config.get("pretrained", True) and (spec is None or spec.pretrained)
     try:
         if not pretrained:
             torch.manual_seed(seed)
@@ -157,13 +169,11 @@ class Analysis:
     history: list[dict[str, Any]]
     notes: list[str]
     report: Any = None  # path of report.html once written
+    features: Optional[np.ndarray] = None  # (N, D) top-layer features of the analysed images after transfer
 
 
 def read_history(run_path: Any) -> list[dict[str, Any]]:
     """The per-epoch records of a run's ``metrics.jsonl`` (empty for routes without epochs)."""
-    import json
-    from pathlib import Path
-
     path = Path(run_path) / "metrics.jsonl"
     if not path.exists():
         return []
@@ -172,20 +182,14 @@ def read_history(run_path: Any) -> list[dict[str, Any]]:
 
 
 def analyse(run: Any, data: Any = None, units: Optional[Sequence[int]] = None, count: int = 4, k: int = 8,
-            max_images: int = 600, method: str = "auto", seed: int = 0, reporter: Any = None) -> Analysis:
+            max_images: int = 600, method: str = "auto", seed: int = 0, reporter: Any = None,
+            placement: Placement = Placement()) -> Analysis:
     """Compute the analysis of finished ``run`` (a path or :class:`graft.runs.Run`) on labelled ``data``.
 
     ``data`` defaults to the run's test set (its ``--test`` file, or the same seeded split again).
     At most ``max_images`` images (class-balanced, seeded) are embedded and searched for top activations;
     accuracy and the confusion matrix use all of ``data`` (or the run's saved test evaluation).
     """
-    from graft.backbones import head_prefix
-    from graft.data.sources import load_images
-    from graft.data.split import per_class_subset
-    from graft.evaluation import evaluate_logits
-    from graft.features import extract_features
-    from graft.runs import Run, load_run
-
     run = run if isinstance(run, Run) else load_run(run)
     notes: list[str] = []
     if run.meta.get("multilabel"):
@@ -195,17 +199,19 @@ def analyse(run: Any, data: Any = None, units: Optional[Sequence[int]] = None, c
     chosen = labelled[per_class_subset(images.labels[labelled], max(1, max_images // len(run.classes)), seed)][:max_images]
     subset = images.subset(chosen)
     if evaluation is None:
-        from graft.api import run_scores
-
-        evaluation = evaluate_logits(run_scores(run, images.subset(labelled), reporter=reporter), images.labels[labelled], run.classes)
+        evaluation = evaluate_logits(run_scores(run, images.subset(labelled), reporter=reporter, placement=placement),
+                                     images.labels[labelled], run.classes)
     pre = run.preprocessing
+    # the memory layout the run's own feature routes used, so "after" features are the very ones `graft fit` saw
+    channels_last = bool(run.meta.get("recipe", {}).get("model", {}).get("channels_last", True))
     try:
-        after = extract_features(run.model, subset, pre, reporter=reporter)
+        after = extract_features(run.model, subset, pre, reporter=reporter, channels_last=channels_last, placement=placement)
     except (AttributeError, TypeError) as error:
         raise GraftError(f"{run.path}: its model has no timm feature interface (forward_features/forward_head): {error}") from error
     before_model, note = starting_model(run.meta, seed)
     notes.append(note)
-    before = extract_features(before_model, subset, pre, reporter=reporter) if before_model is not None else None
+    before = extract_features(before_model, subset, pre, reporter=reporter, channels_last=channels_last,
+                              placement=placement) if before_model is not None else None
     changes: list[LayerChange] = []
     if before_model is not None:
         skip = [head_prefix(run.model)]
@@ -225,15 +231,11 @@ def analyse(run: Any, data: Any = None, units: Optional[Sequence[int]] = None, c
     after_points, method_name = embed(after, method, seed)
     before_points = embed(before, method, seed)[0] if before is not None else None
     return Analysis(run.classes, subset.labels, subset, after_points, before_points, method_name, picked, choice,
-                    top_after, top_before, changes, evaluation, read_history(run.path), notes)
+                    top_after, top_before, changes, evaluation, read_history(run.path), notes, features=after)
 
 
 def _analysis_data(run: Any, data: Any, notes: list[str]) -> tuple[Any, Any]:
     """(images, saved evaluation or None): ``data`` when given, else the run's own test set."""
-    import json
-
-    from graft.data.sources import load_images
-
     if data is not None:
         notes.append(f"images: {data}")
         return load_images(data, classes=run.classes), None
@@ -241,8 +243,6 @@ def _analysis_data(run: Any, data: Any, notes: list[str]) -> tuple[Any, Any]:
     saved = run.path / "test_evaluation.json"
     evaluation = None
     if saved.exists():
-        from graft.evaluation import Evaluation
-
         values = json.loads(saved.read_text())
         if "confusion" in values:
             evaluation = Evaluation(values["accuracy"], values["per_class_accuracy"], np.asarray(values["confusion"]),
@@ -251,10 +251,6 @@ def _analysis_data(run: Any, data: Any, notes: list[str]) -> tuple[Any, Any]:
     if test:
         notes.append(f"images: the run's test set {test}")
         return load_images(test, classes=run.classes), evaluation
-    from graft.api import make_splits
-    from graft.console import Reporter
-    from graft.recipe import Recipe
-
     try:
         _, _, split = make_splits(Recipe.from_dict(recipe), Reporter(quiet=True))
     except GraftError as error:
@@ -263,3 +259,21 @@ def _analysis_data(run: Any, data: Any, notes: list[str]) -> tuple[Any, Any]:
         raise GraftError(f"{run.path}: the run has no test set; give DATA: graft analyze RUN DATA")
     notes.append("images: the run's test split (rebuilt from its recipe and seed)")
     return split, evaluation
+
+
+def analyze(run: str | Path | Run, data: Any = None, out: Optional[str | Path] = None, units: Optional[Sequence[int]] = None,
+            count: int = 4, k: int = 8, max_images: int = 600, embedding: str = "auto", seed: int = 0, quiet: bool = True,
+            precision: Optional[str] = None, accelerator: Optional[str] = None) -> Analysis:
+    """Analyse a finished run: embeddings before/after, top-k images of units, weight change, confusion, curves.
+
+    Writes PNGs and one self-contained ``report.html`` to ``out`` (default RUN/analysis) and returns the
+    :class:`Analysis` (its ``report`` attribute is the HTML path). Forward passes run on the lifecycle's device
+    under ``precision`` (default: the run's).
+    """
+    run = run if isinstance(run, Run) else load_run(run)
+    life = run_lifecycle(run, precision, accelerator, quiet)
+    result = analyse(run, data, units, count, k, max_images, embedding, seed, life.reporter, life.placement)
+    folder = Path(out) if out else run.path / "analysis"
+    result.report = write_analysis_report(result, folder, f"graft analyze: {run.meta['route']} on {run.meta['backbone']} ({run.path.name})")
+    life.reporter.print(f"report: {result.report}")
+    return result

@@ -7,6 +7,9 @@ import sys
 from typing import Any, Callable, Optional, Sequence
 
 from graft.errors import GraftError
+from graft.recipe import Recipe
+from graft.routes import get_route, route_names
+from graft.routes.grow import DEFAULT_GROW_ROUTE
 
 # flag -> recipe key, for `graft fit`
 FIT_FLAGS: dict[str, tuple[str, Any, str]] = {
@@ -84,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
 
     fit = command("fit", "Train a classifier on DATA by one route and write a run directory.")
     fit.add_argument("data", nargs="?", help="folder of class sub-folders, CSV (path,label) or .npz (images, labels[, classes])")
-    fit.add_argument("--route", help="linear, finetune, lpft, scratch, adapt, patches, pseudo, distill, grow-depth, grow-width, grow-both or grow-width2 (default: lpft)")
+    fit.add_argument("--route", help=f"one of {', '.join(route_names())} (default: {Recipe().route})")
     fit.add_argument("--backbone", help="timm name, tv:NAME (torchvision), a graft net, or run:PATH")
     fit.add_argument("--weights", help=".safetensors/.pth state dict or a graft run directory")
     fit.add_argument("--no-pretrained", action="store_true", help="random initial weights")
@@ -104,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     gr = command("grow", "Grow RUN again for the task in DATA (continual growth, Wang et al. 2017), keeping every earlier task's head.")
     gr.add_argument("run", help="a finished run: a source run (`graft fit`) or an earlier `graft grow` step")
     gr.add_argument("data", help="the new task's DATA")
-    gr.add_argument("--route", help="grow-depth, grow-width, grow-both or grow-width2 (default: RUN's grow route, else grow-width)")
+    growers = [name for name in route_names() if get_route(name).grows]
+    gr.add_argument("--route", help=f"one of {', '.join(growers)} (default: RUN's grow route, else {DEFAULT_GROW_ROUTE})")
     gr.add_argument("--val", help="validation DATA (default: split off the training data)")
     gr.add_argument("--test", help="test DATA (default: split off the training data)")
     gr.add_argument("--out", help="run directory")
@@ -120,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     ev.add_argument("--out", help="folder for confusion.png and evaluation.json (default RUN/evaluations/NAME)")
     ev.add_argument("--task", help="a grown run's task (name or index) that answers; default: its latest task")
+    _add_device_arguments(ev)
 
     pr = command("predict", "Top-k classes of images with a trained RUN.")
     pr.add_argument("run")
@@ -127,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--top-k", type=int, default=5)
     pr.add_argument("--format", choices=["csv", "json"], default="csv")
     pr.add_argument("--task", help="a grown run's task (name or index) that answers; default: its latest task")
+    _add_device_arguments(pr)
 
     ex = command("export", "Export RUN to ONNX, TorchScript or a folder plain timm loads, and check its outputs against PyTorch.")
     ex.add_argument("run")
@@ -163,6 +169,7 @@ def _parser() -> argparse.ArgumentParser:
     fe.add_argument("--test-fraction", type=float, default=0.2)
     fe.add_argument("--seed", type=int, default=0)
     fe.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    _add_device_arguments(fe)
 
     demo = command("demo", "The whole story on scikit-learn's digits: source task 0-4, transfer to 5-9 with 5 labels per class.")
     demo.add_argument("--out", help="demo directory (default runs/demo-TIME)")
@@ -189,6 +196,7 @@ def _parser() -> argparse.ArgumentParser:
     an.add_argument("--embedding", choices=["auto", "tsne", "umap"], default="auto", help="auto: UMAP when installed, else t-SNE")
     an.add_argument("--seed", type=int, default=0)
     an.add_argument("--quiet", action="store_true")
+    _add_device_arguments(an)
 
     co = command("compare", "Run several routes on the same split under a time budget, cheapest first, and print a leaderboard.")
     _add_compare_arguments(co)
@@ -218,6 +226,12 @@ def _logger_overrides(args: argparse.Namespace) -> list[str]:
     return [f"runtime.loggers={json.dumps(args.logger)}"] if args.logger else []
 
 
+def _add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where a command's forward passes run (the run lifecycle's device and precision)."""
+    parser.add_argument("--precision", help="forward passes under this precision, e.g. 32-true, bf16-mixed, 16-mixed (default: the run's)")
+    parser.add_argument("--accelerator", help="cpu, gpu, mps or auto (default: auto, the best present)")
+
+
 def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments `graft compare` and `graft advise --compare` share."""
     parser.add_argument("data", help="labelled DATA (folder, CSV or .npz)")
@@ -227,13 +241,16 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test", help="test DATA (default: split off the training data)")
     parser.add_argument("--budget", help="time budget for all runs, e.g. 20m, 90s, 1.5h (default: none)")
     parser.add_argument("--image-size", type=int, help="input side in pixels [data.image_size]")
+    parser.add_argument("--precision", help="every forward pass and training step under this precision, e.g. bf16-mixed [runtime.precision]")
+    parser.add_argument("--accelerator", help="cpu, gpu, mps or auto [runtime.accelerator]")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any recipe key, for every run")
     parser.add_argument("--out", help="comparison folder (default runs/compare-TIME)")
     parser.add_argument("--quiet", action="store_true")
 
 
 def _compare_overrides(args: argparse.Namespace) -> list[str]:
-    return ([f"data.image_size={args.image_size}"] if args.image_size else []) + args.set
+    given = {"data.image_size": args.image_size, "runtime.precision": args.precision, "runtime.accelerator": args.accelerator}
+    return [f"{key}={json.dumps(value)}" for key, value in given.items() if value is not None] + args.set
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -250,7 +267,8 @@ def _analyze(args: argparse.Namespace) -> None:
     from graft.api import analyze
 
     units = [int(u) for u in args.units.split(",")] if args.units else None
-    result = analyze(args.run, args.data, args.out, units, args.count, args.top_k, args.max_images, args.embedding, args.seed, args.quiet)
+    result = analyze(args.run, args.data, args.out, units, args.count, args.top_k, args.max_images, args.embedding, args.seed, args.quiet,
+                     precision=args.precision, accelerator=args.accelerator)
     print(result.report)
 
 
@@ -287,7 +305,6 @@ def _scenes(args: argparse.Namespace) -> None:
 
 def _fit(args: argparse.Namespace) -> None:
     from graft.api import fit
-    from graft.recipe import Recipe
 
     given = {key: getattr(args, flag[2:].replace("-", "_")) for flag, (key, _, _) in FIT_FLAGS.items()}
     overrides = [f"{key}={json.dumps(value)}" for key, value in given.items() if value is not None]
@@ -324,7 +341,7 @@ def _grow(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from graft.api import evaluate
 
-    evaluation = evaluate(args.run, args.data, out=args.out, task=args.task)
+    evaluation = evaluate(args.run, args.data, out=args.out, task=args.task, precision=args.precision, accelerator=args.accelerator)
     if args.json:
         print(json.dumps(evaluation.to_dict()))
         return
@@ -348,7 +365,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from graft.api import predict
 
-    results = predict(args.run, args.images, top_k=args.top_k, task=args.task)
+    results = predict(args.run, args.images, top_k=args.top_k, task=args.task, precision=args.precision, accelerator=args.accelerator)
     if args.format == "json":
         print(json.dumps(results))
         return
@@ -376,7 +393,6 @@ def _pretrain_flags() -> dict[str, tuple[str, Any, str]]:
 
 def _pretrain(args: argparse.Namespace) -> None:
     from graft.pretraining import pretrain
-    from graft.recipe import Recipe
 
     given = {key: getattr(args, flag[2:].replace("-", "_")) for flag, (key, _, _) in _pretrain_flags().items()}
     given.update({"train.stages": None if args.epochs is None else f"all:{args.epochs}", "exemplar.classes": args.classes,
@@ -398,7 +414,7 @@ def _features(args: argparse.Namespace) -> None:
     from graft.protocols import evaluate_features
 
     result = evaluate_features(args.run, args.data, args.protocol, test=args.test, val_fraction=args.val_fraction,
-                      test_fraction=args.test_fraction, seed=args.seed)
+                      test_fraction=args.test_fraction, seed=args.seed, precision=args.precision, accelerator=args.accelerator)
     if args.json:
         print(json.dumps(asdict(result)))
         return

@@ -18,10 +18,22 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import timm
 import torch
 
+from graft.analysis import read_history
+from graft.backbones import create_model
 from graft.console import Reporter
+from graft.data.transforms import TransformedImages, eval_transform, resolve_preprocessing
 from graft.errors import GraftError
+from graft.fitting import fit
+from graft.lifecycle import Lifecycle, resolve_recipe
+from graft.placement import Placement
+from graft.report import plot_route_curves, save_figure, table, write_html
+from graft.routes import get_route, route_names
+from graft.runs import partial_path
+from graft.train.groups import parse_stages
+from graft.train.loop import stretch_factor, train_batch_size
 
 
 class BudgetStop(Exception):
@@ -69,21 +81,18 @@ def parse_budget(text: Optional[str | float]) -> Optional[float]:
 
 
 def default_routes() -> list[str]:
-    """Registered routes suited to plain single-label DATA: those needing no unlabelled images or teacher."""
-    from graft.routes import USES_UNLABELED, route_names
-
-    return [n for n in route_names() if not USES_UNLABELED.get(n, False) and n != "patches"]
+    """Registered routes suited to plain single-label DATA: those needing no unlabelled images or teacher
+    (and registered ``compared``)."""
+    return [n for n in route_names() if not get_route(n).unlabeled and get_route(n).compared]
 
 
 def order_routes(routes: Sequence[str]) -> list[str]:
     """Cached-feature routes first, then the rest, each in the given order."""
-    from graft.routes import FEATURES_ONLY, route_names
-
     known = route_names()
     unknown = [r for r in routes if r not in known]
     if unknown:
         raise GraftError(f"unknown route(s) {unknown}; choose from {', '.join(known)}")
-    return sorted(dict.fromkeys(routes), key=lambda r: 0 if FEATURES_ONLY.get(r) else 1)
+    return sorted(dict.fromkeys(routes), key=lambda r: 0 if get_route(r).features_only else 1)
 
 
 @dataclass
@@ -94,18 +103,16 @@ class Throughput:
     train: float
 
 
-def measure_throughput(recipe: Any, images: Any, batch: int = 32) -> Throughput:
-    """Time one inference batch and one training step of the recipe's backbone on ``batch`` of ``images`` (after a warm-up)."""
-    import timm
-
-    from graft.backbones import create_model
-    from graft.data.transforms import TransformedImages, eval_transform, resolve_preprocessing
-
+def measure_throughput(recipe: Any, images: Any, batch: int = 32, placement: Placement = Placement()) -> Throughput:
+    """Time one inference batch and one training step of the recipe's backbone on ``batch`` of ``images`` (after a warm-up),
+    on ``placement``'s device under its precision (the runs' own)."""
     model = create_model(recipe.model.backbone, len(images.classes), weights=recipe.model.weights, pretrained=recipe.model.pretrained)
+    device = placement.target(model)
+    model = model.to(device)
     pre = resolve_preprocessing(timm.data.resolve_model_data_config(model), recipe.data)
     data = TransformedImages(images, eval_transform(pre))
-    x = torch.stack([data[i][0] for i in range(min(batch, len(images)))])
-    y = torch.zeros(len(x), dtype=torch.long)
+    x = torch.stack([data[i][0] for i in range(min(batch, len(images)))]).to(device)
+    y = torch.zeros(len(x), dtype=torch.long, device=device)
     if recipe.model.channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     timings = []
@@ -113,11 +120,14 @@ def measure_throughput(recipe: Any, images: Any, batch: int = 32) -> Throughput:
         model.train(train)
         for attempt in range(2):  # the first pass warms up allocators and kernels
             started = time.perf_counter()
-            if train:
-                torch.nn.functional.cross_entropy(model(x), y).backward()
-            else:
-                with torch.inference_mode():
-                    model(x)
+            with placement.autocast(device):
+                if train:
+                    torch.nn.functional.cross_entropy(model(x), y).backward()
+                else:
+                    with torch.inference_mode():
+                        model(x)
+            if device.type == "cuda":  # kernels run asynchronously: wait for them before reading the clock
+                torch.cuda.synchronize(device)
             elapsed = time.perf_counter() - started
         timings.append(elapsed / len(x))
     return Throughput(*timings)
@@ -126,18 +136,14 @@ def measure_throughput(recipe: Any, images: Any, batch: int = 32) -> Throughput:
 def estimate_seconds(route: str, recipe: Any, sizes: dict[str, int], speed: Throughput) -> float:
     """Expected seconds of one run: features of every image for cached-feature routes; otherwise every epoch
     of the recipe's stages (stretched to ``train.min_steps``) over the training images plus validation, and the test images once."""
-    from graft.routes import FEATURES_ONLY, USES_MIN_STEPS
-    from graft.train.groups import parse_stages
-
+    spec = get_route(route)
     everything = sum(sizes.values()) * speed.infer
-    if FEATURES_ONLY.get(route):
+    if spec.features_only:
         return everything
-    from graft.train.loop import stretch_factor, train_batch_size
-
     stages = parse_stages(recipe.train.stages)
     batch = train_batch_size(sizes["train"], recipe.data.batch_size)
     steps = max(1, sizes["train"] // batch)
-    floor = recipe.train.min_steps if USES_MIN_STEPS.get(route, True) else 0
+    floor = recipe.train.min_steps if spec.min_steps else 0
     epochs = sum(s.epochs for s in stages) * stretch_factor(steps, stages, floor)
     return everything + epochs * (sizes["train"] * speed.train + sizes["val"] * speed.infer)
 
@@ -149,10 +155,6 @@ def compare(data: Any, routes: Optional[Sequence[str]] = None, backbone: Optiona
 
     Writes each run plus ``leaderboard.json`` and a self-contained ``report.html`` to ``out``.
     """
-    from graft.analysis import read_history
-    from graft.api import fit, make_splits, resolve_recipe
-    from graft.runs import partial_path
-
     limit = parse_budget(budget)
     reporter = Reporter(quiet=quiet)
     order = order_routes(list(routes) if routes else default_routes())
@@ -165,20 +167,19 @@ def compare(data: Any, routes: Optional[Sequence[str]] = None, backbone: Optiona
     started = time.time()
     base = resolve_recipe(None, overrides, **{"model.backbone": backbone, "model.weights": weights, "data.train": _path(data),
                                               "data.val": _path(val), "data.test": _path(test)})
-    train, val_set, test_set = make_splits(base, reporter)
+    life = Lifecycle.for_inference(quiet=quiet, recipe=base)  # the device and precision every run of the comparison gets
+    train, val_set, test_set = life.splits()
     sizes = {"train": len(train), "val": 0 if val_set is None else len(val_set), "test": 0 if test_set is None else len(test_set)}
-    speed = measure_throughput(base, train)
+    speed = measure_throughput(base, train, placement=life.placement)
     reporter.print(f"throughput: {1 / speed.infer:.0f} images/s inference, {1 / speed.train:.0f} images/s training; "
                    f"routes in order: {', '.join(order)}" + (f"; budget {limit:.0f} s" if limit else ""))
     correction: dict[bool, float] = {}
     measured: dict[str, float] = {}
     entries: list[Entry] = []
-    from graft.routes import FEATURES_ONLY
-
     for seed in range(seeds):
         for route in order:
             recipe = base.override([f"runtime.seed={seed}"])
-            cheap = bool(FEATURES_ONLY.get(route))
+            cheap = get_route(route).features_only
             # a route that already ran is expected to take what it took; others by throughput, corrected by their kind's runs
             estimate = measured.get(route) or estimate_seconds(route, recipe, sizes, speed) * correction.get(cheap, 1.0)
             elapsed = time.time() - started
@@ -276,8 +277,6 @@ def print_leaderboard(comparison: Comparison, console: Any = None) -> None:
 
 def write_comparison_report(comparison: Comparison, title: str) -> Path:
     """report.html: the leaderboard (``<table id="leaderboard">``) and every route's curves (first seed) on one chart."""
-    from graft.report import plot_route_curves, save_figure, table, write_html
-
     histories = {}
     for entry in comparison.entries:
         if entry.status == "done" and entry.history and entry.route not in histories:

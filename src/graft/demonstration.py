@@ -43,7 +43,7 @@ def digits_tasks(folder: Path, seed: int = 0) -> dict[str, Path]:
 
 def demo(out: Optional[str | Path] = None, quiet: bool = False, seed: int = 0) -> list[dict[str, Any]]:
     """Run the demo; returns the leaderboard rows (route, test accuracy, seconds)."""
-    from graft.api import fit
+    from graft.fitting import fit
 
     reporter = Reporter(quiet=quiet)
     root = Path(out) if out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")

@@ -13,6 +13,7 @@ from graft.console import Reporter
 from graft.data.sources import ImageSet
 from graft.data.transforms import Preprocessing
 from graft.features import map_batches
+from graft.placement import Placement
 
 
 @dataclass
@@ -33,9 +34,9 @@ class Evaluation:
 
 
 def predict_logits(model: nn.Module, images: ImageSet, pre: Preprocessing, batch_size: int = 128,
-                   reporter: Optional[Reporter] = None, channels_last: bool = True) -> np.ndarray:
-    """(N, C) logits of ``images`` (model in eval mode; its mode is restored)."""
-    return map_batches(model, images, pre, model, batch_size, reporter, channels_last, what="predict")
+                   reporter: Optional[Reporter] = None, channels_last: bool = True, placement: Placement = Placement()) -> np.ndarray:
+    """(N, C) float32 logits of ``images`` (model in eval mode on ``placement``; its mode and device are restored)."""
+    return map_batches(model, images, pre, model, batch_size, reporter, channels_last, what="predict", placement=placement)
 
 
 def evaluate_logits(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> Evaluation:
@@ -50,5 +51,5 @@ def evaluate_logits(logits: np.ndarray, labels: np.ndarray, classes: list[str]) 
 
 
 def evaluate_model(model: nn.Module, images: ImageSet, pre: Preprocessing, batch_size: int = 128,
-                   reporter: Optional[Reporter] = None) -> Evaluation:
-    return evaluate_logits(predict_logits(model, images, pre, batch_size, reporter), images.labels, images.classes)
+                   reporter: Optional[Reporter] = None, placement: Placement = Placement()) -> Evaluation:
+    return evaluate_logits(predict_logits(model, images, pre, batch_size, reporter, placement=placement), images.labels, images.classes)

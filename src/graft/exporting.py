@@ -8,18 +8,31 @@ import numpy as np
 import torch
 
 from graft.errors import GraftError
-from graft.runs import Run
+from graft.routes import find_route
+from graft.runs import Run, load_run
+
+
+def export(run: str | Path | Run, format: str = "onnx", out: Optional[str | Path] = None, atol: float = 1e-4) -> dict[str, Any]:
+    """Export to ONNX, TorchScript or a timm folder (``format="timm"``) and check the exported outputs match PyTorch's within ``atol``.
+
+    The exported network answers what `graft predict` scores; a route whose answer one network cannot give
+    (its spec's ``export`` hook) is refused with the reason."""
+    run = run if isinstance(run, Run) else load_run(run)
+    return export_model(run, format, Path(out) if out else None, atol)
 
 
 def export_model(run: Run, format: str, out: Optional[Path], atol: float) -> dict[str, Any]:
     """Write the model (input: normalised (B, 3, S, S) float32 batch; output: logits) and compare outputs.
 
     ``format="timm"`` writes a folder plain timm loads instead (:mod:`graft.timm_export`)."""
+    spec = find_route(run.meta["route"])
+    # the route's export hook gives the network that answers what `graft predict` answers, or refuses with the reason
+    model = spec.export(run) if spec is not None and spec.export is not None else run.model
     if format == "timm":
         from graft.timm_export import export_timm
 
         return export_timm(run, out, atol)
-    model = run.model.eval().to(memory_format=torch.contiguous_format)
+    model = model.eval().to(memory_format=torch.contiguous_format)
     size = run.preprocessing.size
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

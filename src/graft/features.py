@@ -20,6 +20,7 @@ from graft.backbones import weights_hash
 from graft.console import Reporter
 from graft.data.sources import ImageSet
 from graft.data.transforms import Preprocessing, TransformedImages, eval_transform
+from graft.placement import Placement
 
 
 def cache_dir() -> Path:
@@ -34,40 +35,44 @@ def pooled_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def map_batches(model: nn.Module, images: ImageSet, pre: Preprocessing, function: Callable[[torch.Tensor], torch.Tensor],
-                batch_size: int = 128, reporter: Optional[Reporter] = None, channels_last: bool = True, what: str = "features") -> np.ndarray:
-    """Concatenated ``function(batch)`` over eval-preprocessed ``images``, model in eval mode (its mode is restored)."""
-    was_training = model.training
-    model.eval()
-    loader = torch.utils.data.DataLoader(TransformedImages(images, eval_transform(pre)), batch_size=batch_size)
-    device = next(model.parameters()).device
-    outputs = []
-    for batch, _ in (reporter or Reporter(quiet=True)).track(loader, len(loader), f"{what} {len(images)} images"):
-        batch = batch.to(device)
-        if channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        outputs.append(function(batch).float().cpu())
-    model.train(was_training)
+                batch_size: int = 128, reporter: Optional[Reporter] = None, channels_last: bool = True, what: str = "features",
+                placement: Placement = Placement()) -> np.ndarray:
+    """Concatenated ``function(batch)`` over eval-preprocessed ``images`` as CPU float32, the model in eval mode on
+    ``placement``'s device under its precision (the model's mode and device are restored)."""
+    with placement.running(model) as device:
+        loader = torch.utils.data.DataLoader(TransformedImages(images, eval_transform(pre)), batch_size=batch_size,
+                                             pin_memory=placement.pin_memory)
+        outputs = []
+        for batch, _ in (reporter or Reporter(quiet=True)).track(loader, len(loader), f"{what} {len(images)} images"):
+            batch = placement.to_device(batch, device)
+            if channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            outputs.append(function(batch).float().cpu())
     return torch.cat(outputs).numpy()
 
 
 def extract_features(model: nn.Module, images: ImageSet, pre: Preprocessing, batch_size: int = 128,
-                     reporter: Optional[Reporter] = None, channels_last: bool = True) -> np.ndarray:
+                     reporter: Optional[Reporter] = None, channels_last: bool = True, placement: Placement = Placement()) -> np.ndarray:
     """(N, D) float32 pre-logit features of ``images``."""
     if len(images) == 0:
         return np.zeros((0, getattr(model, "num_features", 0)), np.float32)
-    return map_batches(model, images, pre, lambda batch: pooled_features(model, batch), batch_size, reporter, channels_last)
+    return map_batches(model, images, pre, lambda batch: pooled_features(model, batch), batch_size, reporter, channels_last,
+                       placement=placement)
 
 
 def cached_features(model: nn.Module, images: ImageSet, pre: Preprocessing, batch_size: int = 128,
-                    reporter: Optional[Reporter] = None, use_cache: bool = True, channels_last: bool = True) -> tuple[np.ndarray, bool]:
-    """Features from the disk cache when present, else extracted and stored. Returns (features, was_cached)."""
+                    reporter: Optional[Reporter] = None, use_cache: bool = True, channels_last: bool = True,
+                    placement: Placement = Placement()) -> tuple[np.ndarray, bool]:
+    """Features from the disk cache when present, else extracted and stored. Returns (features, was_cached).
+
+    Features extracted under a reduced precision are cached apart (their key names it); float32 keys are unchanged."""
     if not use_cache:
-        return extract_features(model, images, pre, batch_size, reporter, channels_last), False
-    key = hashlib.sha256(json.dumps([weights_hash(model), pre.to_dict(), images.fingerprint(), "v1"]).encode()).hexdigest()[:24]
+        return extract_features(model, images, pre, batch_size, reporter, channels_last, placement), False
+    key = hashlib.sha256(json.dumps([weights_hash(model), pre.to_dict(), images.fingerprint(), "v1", *placement.cache_tag()]).encode()).hexdigest()[:24]
     path = cache_dir() / "features" / f"{key}.npy"
     if path.exists():
         return np.load(path), True
-    features = extract_features(model, images, pre, batch_size, reporter, channels_last)
+    features = extract_features(model, images, pre, batch_size, reporter, channels_last, placement)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
         np.save(handle, features)

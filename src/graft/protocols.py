@@ -25,9 +25,13 @@ from torch.nn import functional as F
 
 from graft.console import Reporter
 from graft.data.sources import ImageSet
+from graft.data.split import make_splits
 from graft.data.transforms import Preprocessing
 from graft.errors import GraftError
 from graft.features import map_batches, pooled_features
+from graft.inference import run_lifecycle
+from graft.placement import Placement
+from graft.recipe import Recipe
 from graft.runs import Run, load_run
 
 PROTOCOLS = ("exemplar", "linear")
@@ -47,12 +51,13 @@ def quadrant_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 def protocol_features(model: nn.Module, images: ImageSet, pre: Preprocessing, protocol: str, batch_size: int = 128,
-                      reporter: Optional[Reporter] = None) -> np.ndarray:
-    """(N, D) features of ``images`` under ``protocol`` (the model in eval mode, unchanged)."""
+                      reporter: Optional[Reporter] = None, placement: Placement = Placement()) -> np.ndarray:
+    """(N, D) features of ``images`` under ``protocol`` (the model in eval mode on ``placement``, unchanged)."""
     if protocol not in PROTOCOLS:
         raise GraftError(f"unknown protocol '{protocol}'; choose one of {', '.join(PROTOCOLS)}")
     function = (lambda batch: quadrant_features(model, batch)) if protocol == "exemplar" else (lambda batch: pooled_features(model, batch))
-    return map_batches(model, images, pre, function, batch_size, reporter, channels_last=False, what=f"{protocol} features")
+    return map_batches(model, images, pre, function, batch_size, reporter, channels_last=False, what=f"{protocol} features",
+                       placement=placement)
 
 
 @dataclass
@@ -88,27 +93,26 @@ def svm_protocol(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, va
 
 
 def evaluate_features(run: str | Path | Run, data: Any, protocol: str = "exemplar", test: Any = None, val_fraction: float = 0.15,
-             test_fraction: float = 0.2, seed: int = 0, quiet: bool = True, out: Optional[str | Path] = None) -> SVMResult:
-    """Evaluate ``run``'s frozen backbone on labelled ``data`` by ``protocol`` (see module docstring).
+             test_fraction: float = 0.2, seed: int = 0, quiet: bool = True, out: Optional[str | Path] = None,
+             precision: Optional[str] = None, accelerator: Optional[str] = None) -> SVMResult:
+    """Evaluate ``run``'s frozen backbone on labelled ``data`` by ``protocol`` (see module docstring); features are
+    extracted on the lifecycle's device under ``precision`` (default: the run's).
 
     ``test``: a test DATA; otherwise ``test_fraction`` of ``data`` is held out (seeded, stratified).
     Writes ``features-PROTOCOL.json`` into ``out`` (default RUN/evaluations/<data name>).
     """
-    from graft.api import make_splits
-    from graft.recipe import Recipe
-
     run = run if isinstance(run, Run) else load_run(run)
-    reporter = Reporter(quiet=quiet)
+    life = run_lifecycle(run, precision, accelerator, quiet)
     recipe = Recipe().override([f"data.train={json.dumps(str(data))}", f"data.test={json.dumps(None if test is None else str(test))}",
                                 f"data.val_fraction={val_fraction}", f"data.test_fraction={test_fraction}", f"runtime.seed={seed}"])
     if val_fraction <= 0:
         raise GraftError("the SVM's C is chosen on a validation split; give val_fraction > 0")
-    train, val, held = make_splits(recipe, reporter)
+    train, val, held = make_splits(recipe, life.reporter)
     if held is None or not len(held):
         raise GraftError("no test images: pass --test DATA or a test fraction > 0")
     model = run.model.eval()
     pre = run.preprocessing
-    x = {name: protocol_features(model, part, pre, protocol, reporter=reporter) for name, part in (("train", train), ("val", val), ("test", held))}
+    x = {name: protocol_features(model, part, pre, protocol, reporter=life.reporter, placement=life.placement) for name, part in (("train", train), ("val", val), ("test", held))}
     result = svm_protocol(x["train"], train.labels, x["val"], val.labels, x["test"], held.labels, seed=seed)
     result.extra = {"protocol": protocol, "run": str(run.path), "data": str(data), "test": None if test is None else str(test)}
     folder = Path(out) if out else run.path / "evaluations" / Path(str(data)).stem

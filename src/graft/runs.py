@@ -55,14 +55,14 @@ def environment() -> dict[str, Any]:
     import timm
     import torchvision
 
-    import graft
+    from graft.version import __version__
 
     try:
         revision = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                                   cwd=Path(__file__).parent).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         revision = None
-    return {"graft": graft.__version__, "git_revision": revision, "python": platform.python_version(),
+    return {"graft": __version__, "git_revision": revision, "python": platform.python_version(),
             "torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
             "lightning_fabric": lightning_fabric.__version__, "scikit_learn": sklearn.__version__,
             "platform": platform.platform(), "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -142,3 +142,14 @@ def build_scenes(objects: Any, out: str | Path, spec: SceneSpec = SceneSpec()) -
                "spec": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()}}
     (out / "scenes.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def scenes(objects: Any, out: str | Path, count: int = 200, size: int = 128, object_size: tuple[float, float] = (0.5, 0.9),
+           objects_per_scene: tuple[int, int] = (1, 3), background: str = "texture", seed: int = 0) -> dict[str, Any]:
+    """Write a multi-object benchmark (VOC XML + COCO JSON) of ``count`` scenes made from single-label ``objects``.
+
+    >>> graft.scenes("cifar10_test.npz", "scenes/test", object_size=(0.15, 0.3), background="photos.npz", seed=1)
+    """
+    spec = SceneSpec(count=count, size=size, object_size=tuple(object_size), objects_per_scene=tuple(objects_per_scene),
+                     background=str(background), seed=seed)
+    return build_scenes(objects, out, spec)

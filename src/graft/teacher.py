@@ -21,6 +21,7 @@ from graft.data.sources import ImageSet
 from graft.data.transforms import Preprocessing, resolve_preprocessing
 from graft.errors import GraftError
 from graft.evaluation import predict_logits
+from graft.placement import Placement
 from graft.recipe import DataConfig
 
 TEACHER_FORMS = "a graft run directory (or run:PATH) trained on the same classes, or a timm model name whose head has them"
@@ -77,18 +78,19 @@ class TeacherLogits:
     """
 
     def __init__(self, teacher: Teacher, student_pre: Preprocessing, labelled: Optional[np.ndarray] = None,
-                 unlabelled: Optional[np.ndarray] = None) -> None:
-        self.teacher, self.student_pre = teacher, student_pre
+                 unlabelled: Optional[np.ndarray] = None, placement: Placement = Placement()) -> None:
+        self.teacher, self.student_pre, self.placement = teacher, student_pre, placement
         self.tables = None if labelled is None else (torch.from_numpy(labelled),
                                                      None if unlabelled is None else torch.from_numpy(unlabelled))
 
     @classmethod
     def cached(cls, teacher: Teacher, student_pre: Preprocessing, train: ImageSet, unlabeled: Optional[ImageSet],
-               batch_size: int, reporter: Optional[Reporter] = None) -> "TeacherLogits":
-        labelled = predict_logits(teacher.model, train, teacher.preprocessing, batch_size, reporter, channels_last=False)
+               batch_size: int, reporter: Optional[Reporter] = None, placement: Placement = Placement()) -> "TeacherLogits":
+        """Teacher logits of ``train`` and ``unlabeled`` computed once, on ``placement``'s device under its precision."""
+        labelled = predict_logits(teacher.model, train, teacher.preprocessing, batch_size, reporter, channels_last=False, placement=placement)
         unlabelled = None if unlabeled is None else predict_logits(teacher.model, unlabeled, teacher.preprocessing, batch_size, reporter,
-                                                                   channels_last=False)
-        return cls(teacher, student_pre, labelled, unlabelled)
+                                                                   channels_last=False, placement=placement)
+        return cls(teacher, student_pre, labelled, unlabelled, placement)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, indices: torch.Tensor, labelled: bool) -> torch.Tensor:
@@ -96,7 +98,8 @@ class TeacherLogits:
             table = self.tables[0 if labelled else 1]
             return table[indices.cpu()].to(images.device)
         self.teacher.model.to(images.device)
-        return self.teacher.model(convert_batch(images.float(), self.student_pre, self.teacher.preprocessing))
+        with self.placement.autocast(images.device):  # the run's precision, as the student's forward pass has
+            return self.teacher.model(convert_batch(images.float(), self.student_pre, self.teacher.preprocessing)).float()
 
 
 def model_profile(model: nn.Module, size: int, batch_size: int = 32, batches: int = 3) -> dict[str, Any]:

@@ -32,9 +32,6 @@ def timm_architecture(run: Run) -> str:
     """The timm name of the run's network, or a GraftError saying why plain timm cannot rebuild it."""
     meta, arch = run.meta, str(run.meta["backbone"])
     head = (meta.get("info") or {}).get("head") or {}
-    if meta["route"] == "patches":
-        raise GraftError(f"{run.path}: a patches run scores an image by aggregating its windows' predictions (mean of p^k), "
-                         "which a timm model does not do; export it with --format onnx or torchscript (the window classifier)")
     if head.get("kind") == "grow":
         raise GraftError(f"{run.path}: a grown network ({meta['route']}) has units hooked into {arch} that timm's {arch} lacks; "
                          "export it with --format onnx or torchscript")

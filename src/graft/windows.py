@@ -25,6 +25,7 @@ from graft.console import Reporter
 from graft.data.sources import ImageSet
 from graft.data.transforms import Preprocessing, to_tensor
 from graft.features import cache_dir, pooled_features
+from graft.placement import Placement
 from graft.recipe import PatchesConfig
 
 DROPPED = -1  # a window showing several objects: not used for training
@@ -130,16 +131,21 @@ def normalise(crops: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
 
 @torch.inference_mode()
 def extract_windows(model: nn.Module, images: ImageSet, pre: Preprocessing, config: PatchesConfig, batch_size: int = 256,
-                    reporter: Optional[Reporter] = None, channels_last: bool = True) -> dict[str, np.ndarray]:
-    """Frozen features of every window of every image: {"features" (W, D), "image" (W,), "labels" (W,), "windows" (W, 4)}."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+                    reporter: Optional[Reporter] = None, channels_last: bool = True, placement: Placement = Placement()) -> dict[str, np.ndarray]:
+    """Frozen features of every window of every image: {"features" (W, D), "image" (W,), "labels" (W,), "windows" (W, 4)};
+    the model runs on ``placement``'s device under its precision (its device and mode are restored)."""
+    with placement.running(model) as device:
+        return _extract_windows(model, images, pre, config, batch_size, reporter, channels_last, placement, device)
+
+
+def _extract_windows(model: nn.Module, images: ImageSet, pre: Preprocessing, config: PatchesConfig, batch_size: int,
+                     reporter: Optional[Reporter], channels_last: bool, placement: Placement, device: torch.device) -> dict[str, np.ndarray]:
     features, owners, labels, boxes = [], [], [], []
     pending: list[torch.Tensor] = []
 
     def flush() -> None:
-        batch = torch.cat(pending).to(device)
+        batch = torch.cat(pending)
+        batch = placement.to_device(batch.pin_memory() if placement.pin_memory else batch, device)
         if channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         features.append(pooled_features(model, batch).float().cpu().numpy())
@@ -158,7 +164,6 @@ def extract_windows(model: nn.Module, images: ImageSet, pre: Preprocessing, conf
                 flush()
     if pending:
         flush()
-    model.train(was_training)
     dim = getattr(model, "num_features", 0)
     return {"features": np.concatenate(features) if features else np.zeros((0, dim), np.float32),
             "image": np.concatenate(owners) if owners else np.zeros(0, np.int64),
@@ -167,19 +172,21 @@ def extract_windows(model: nn.Module, images: ImageSet, pre: Preprocessing, conf
 
 
 def cached_windows(model: nn.Module, images: ImageSet, pre: Preprocessing, config: PatchesConfig, batch_size: int = 256,
-                   reporter: Optional[Reporter] = None, use_cache: bool = True, channels_last: bool = True) -> tuple[dict[str, np.ndarray], bool]:
-    """:func:`extract_windows` through the disk cache, keyed by weights, preprocessing, image set, boxes and window settings."""
+                   reporter: Optional[Reporter] = None, use_cache: bool = True, channels_last: bool = True,
+                   placement: Placement = Placement()) -> tuple[dict[str, np.ndarray], bool]:
+    """:func:`extract_windows` through the disk cache, keyed by weights, preprocessing, image set, boxes and window settings
+    (and the precision, when reduced)."""
     if not use_cache:
-        return extract_windows(model, images, pre, config, batch_size, reporter, channels_last), False
+        return extract_windows(model, images, pre, config, batch_size, reporter, channels_last, placement), False
     window_keys = {k: getattr(config, k) for k in ("scales", "max_lambda", "overlap", "max_windows", "window_share", "box_share")}
     boxes = hashlib.sha256(b"".join(np.ascontiguousarray(b).tobytes() for b in images.boxes)).hexdigest() if images.boxes else ""
     key = hashlib.sha256(json.dumps([weights_hash(model), pre.to_dict(), images.fingerprint(), images.classes, boxes, window_keys,
-                                     images.labels.tolist(), "windows-v1"]).encode()).hexdigest()[:24]
+                                     images.labels.tolist(), "windows-v1", *placement.cache_tag()]).encode()).hexdigest()[:24]
     path = cache_dir() / "windows" / f"{key}.npz"
     if path.exists():
         with np.load(path) as stored:
             return {name: stored[name] for name in stored.files}, True
-    result = extract_windows(model, images, pre, config, batch_size, reporter, channels_last)
+    result = extract_windows(model, images, pre, config, batch_size, reporter, channels_last, placement)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as handle:
         np.savez(handle, **result)

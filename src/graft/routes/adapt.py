@@ -18,7 +18,7 @@ from graft.backbones import weights_hash
 from graft.data.sources import ImageSet
 from graft.heads import AdaptationHead, attach_head
 from graft.multilabel import evaluate_scores
-from graft.routes import register_route
+from graft.routes.registry import register_route
 from graft.routes.context import Context, RouteResult
 from graft.routes.finetune import run_stages
 from graft.train.features_loop import fit_head, head_logits

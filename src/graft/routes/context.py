@@ -1,6 +1,7 @@
 """What every route receives (the data splits, the recipe, Fabric, the run) and returns."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -14,7 +15,9 @@ from graft.console import Reporter
 from graft.data.sources import ImageSet
 from graft.data.transforms import Preprocessing, resolve_preprocessing
 from graft.features import cached_features
+from graft.placement import Placement
 from graft.recipe import Recipe
+from graft.routes.registry import find_route
 from graft.runs import RunDirectory
 
 
@@ -26,6 +29,9 @@ class RouteResult:
     info: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     test_logits: Optional[np.ndarray] = None
+    classes: Optional[list[str]] = None  # the model's outputs when they are not the data's classes (surrogate classes)
+    preprocessing: Optional[Preprocessing] = None  # when not the backbone's (e.g. Exemplar-CNN patches)
+    metrics: dict[str, Any] = field(default_factory=dict)  # the route's own summary numbers, added to the run's
 
 
 @dataclass
@@ -40,6 +46,12 @@ class Context:
     callbacks: Sequence[Callable[[dict[str, Any]], None]] = ()
     checkpoint: Optional[dict[str, Any]] = None
     unlabeled: Optional[ImageSet] = None  # --unlabeled images, every label -1 (routes registered with unlabeled=True)
+    prepared: Any = None  # what the route's ``prepare`` hook returned before the run directory existed (None on resume)
+    started: float = field(default_factory=time.time)
+
+    def elapsed(self) -> float:
+        """Seconds since the workflow started, rounded to 10 ms."""
+        return round(time.time() - self.started, 2)
 
     @property
     def num_classes(self) -> int:
@@ -50,12 +62,16 @@ class Context:
 
         ``pretrained`` defaults to what the route registered (scratch: random weights).
         """
-        from graft.routes import USES_PRETRAINED
-
+        spec = find_route(self.recipe.route)
         m = self.recipe.model
-        pretrained = USES_PRETRAINED.get(self.recipe.route, True) if pretrained is None else pretrained
+        pretrained = (spec is None or spec.pretrained) if pretrained is None else pretrained
         return create_model(m.backbone, self.num_classes, weights=m.weights if pretrained else None,
                             pretrained=pretrained and m.pretrained, head_init=m.head_init)
+
+    @property
+    def placement(self) -> Placement:
+        """Fabric's device and the run's precision: where every forward pass outside the training loop runs."""
+        return Placement(self.fabric.device, self.recipe.runtime.precision)
 
     def preprocessing(self, model: nn.Module) -> Preprocessing:
         return resolve_preprocessing(timm.data.resolve_model_data_config(model), self.recipe.data)
@@ -63,7 +79,7 @@ class Context:
     def features(self, model: nn.Module, images: ImageSet) -> np.ndarray:
         """Cached frozen features (N, D) of ``images``."""
         features, cached = cached_features(model, images, self.preprocessing(model), self.recipe.data.batch_size * 2,
-                                           self.reporter, self.recipe.linear.cache, self.recipe.model.channels_last)
+                                           self.reporter, self.recipe.linear.cache, self.recipe.model.channels_last, self.placement)
         self.reporter.print(f"features of {len(images)} images: {'from cache' if cached else 'extracted'}")
         self.run.log(event="features", images=len(images), cached=cached)
         return features

@@ -18,7 +18,7 @@ from graft.data.transforms import augment_options
 from graft.data.unlabeled import hidden_labels
 from graft.errors import GraftError
 from graft.evaluation import predict_logits
-from graft.routes import register_route
+from graft.routes.registry import register_route
 from graft.routes.context import Context, RouteResult
 from graft.routes.pseudo import choose, train_student, with_labels
 from graft.teacher import TeacherLogits, compare_sizes, load_teacher, model_profile
@@ -42,8 +42,8 @@ def distill(context: Context) -> RouteResult:
     student_pre = context.preprocessing(context.model())
     cached = config.cache and augmentation_off(context)
     batch = context.recipe.data.batch_size * 2
-    targets = (TeacherLogits.cached(teacher, student_pre, context.train, unlabeled, batch, context.reporter) if cached
-               else TeacherLogits(teacher, student_pre))
+    targets = (TeacherLogits.cached(teacher, student_pre, context.train, unlabeled, batch, context.reporter, context.placement) if cached
+               else TeacherLogits(teacher, student_pre, placement=context.placement))
     info: dict[str, Any] = {"teacher": teacher.name, "teacher_logits": "cached once" if cached else "computed per batch",
                             "temperature": config.temperature, "alpha": config.alpha,
                             "transfer_set": {"labelled": len(context.train), "unlabelled": 0 if unlabeled is None else len(unlabeled)}}
@@ -53,7 +53,8 @@ def distill(context: Context) -> RouteResult:
             raise GraftError("distill.with_pseudo needs unlabelled images; pass --unlabeled DIR_OR_NPZ")
         pseudo = context.recipe.pseudo
         logits = targets.tables[1] if targets.tables is not None else torch.from_numpy(
-            predict_logits(teacher.model, unlabeled, teacher.preprocessing, batch, context.reporter, channels_last=False))
+            predict_logits(teacher.model, unlabeled, teacher.preprocessing, batch, context.reporter, channels_last=False,
+                           placement=context.placement))
         hidden = hidden_labels(context.recipe.data.unlabeled, context.train.classes) if pseudo.audit else None
         indices, labels, record = choose(torch.softmax(logits.float(), 1).numpy(), pseudo, context.train.classes, hidden)
         full = np.full(len(unlabeled), -1, np.int64)

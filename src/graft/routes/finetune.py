@@ -1,7 +1,7 @@
 """Route ``finetune``: new head, lower backbone learning rate, staged unfreezing (DESIGN.md route 2)."""
 from __future__ import annotations
 
-from graft.routes import register_route
+from graft.routes.registry import get_route, register_route
 from graft.routes.context import Context, RouteResult
 from graft.train.groups import parse_stages
 from graft.train.loop import LoopSetup, train_stages
@@ -10,9 +10,8 @@ from graft.train.loop import LoopSetup, train_stages
 def run_stages(context: Context, model, stages) -> RouteResult:
     """Train ``model`` through ``stages`` in graft's one loop; stretched to ``train.min_steps`` unless the route is
     registered with ``min_steps=False``."""
-    from graft.routes import USES_MIN_STEPS
 
-    setup = LoopSetup.of(context, context.preprocessing(model), use_min_steps=USES_MIN_STEPS.get(context.recipe.route, True))
+    setup = LoopSetup.of(context, context.preprocessing(model), use_min_steps=get_route(context.recipe.route).min_steps)
     history = train_stages(setup, model, stages, context.train, context.val)
     return RouteResult(model, {"stages": [s.__dict__ for s in stages]}, history)
 

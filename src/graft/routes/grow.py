@@ -17,12 +17,14 @@ from torch import nn
 
 from graft.errors import GraftError
 from graft.growth import GrowthHead, LwfStep, grow
+from graft.placement import Placement
 from graft.recipe import Recipe, TrainConfig
-from graft.routes import register_route
+from graft.routes.registry import register_route
 from graft.routes.context import Context, RouteResult
 from graft.train.groups import Stage
 from graft.train.loop import LoopSetup, train_stages
 
+DEFAULT_GROW_ROUTE = "grow-width"  # the route `graft grow` uses on a run that was not grown before
 # the paper's fine-tuning recipe (sec. 5, implementation details); the bench's fine-tune baseline uses the same
 PAPER_TRAIN: dict[str, Any] = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step", "step_gamma": 0.1,
                                "warmup_epochs": 0.0, "label_smoothing": 0.0, "backbone_lr_ratio": 0.1,
@@ -66,10 +68,10 @@ def _tasks_so_far(meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list[list
     return [task], [[meta.get("metrics", {}).get("test_accuracy")]]
 
 
-def evaluate_tasks(model: nn.Module, tasks: list[dict[str, Any]], reporter: Any) -> list[Optional[float]]:
+def evaluate_tasks(model: nn.Module, tasks: list[dict[str, Any]], reporter: Any, placement: Placement = Placement()) -> list[Optional[float]]:
     """Test accuracy of every task's head on that task's test split (rebuilt from its recipe; None if it had none)."""
-    from graft.api import make_splits
     from graft.console import Reporter
+    from graft.data.split import make_splits
     from graft.data.transforms import Preprocessing
     from graft.evaluation import evaluate_model
 
@@ -81,7 +83,7 @@ def evaluate_tasks(model: nn.Module, tasks: list[dict[str, Any]], reporter: Any)
             accuracies.append(None)
             continue
         head.active = index
-        accuracies.append(evaluate_model(model, test, Preprocessing.from_dict(task["preprocessing"])).accuracy)
+        accuracies.append(evaluate_model(model, test, Preprocessing.from_dict(task["preprocessing"]), placement=placement).accuracy)
         reporter.print(f"  task {index} {task['name']}: test accuracy {accuracies[-1]:.4f}")
     head.active = active
     return accuracies
@@ -114,35 +116,35 @@ def grow_route(context: Context, kind: str) -> RouteResult:
                             "new_parameters": sum(p.numel() for p in head.parameters())}
     if previous is not None:
         tasks = tasks + [{"name": name, "classes": context.train.classes, "recipe": recipe.to_dict(), "preprocessing": pre.to_dict()}]
-        row = evaluate_tasks(model.eval(), tasks, context.reporter)
+        row = evaluate_tasks(model.eval(), tasks, context.reporter, context.placement)
         matrix = [r + [None] * (len(tasks) - len(r)) for r in matrix] + [row]
         info.update(tasks=tasks, accuracy_matrix=matrix, forgetting=forgetting(matrix), lwf=config.lwf)
         context.run.log(event="accuracy_matrix", matrix=matrix, forgetting=info["forgetting"])
     return RouteResult(model, info, history)
 
 
-@register_route("grow-depth")
+@register_route("grow-depth", grows=True)
 def grow_depth(context: Context) -> RouteResult:
     """DA: a new fully connected layer FCa between the representation and the new classifier."""
     return grow_route(context, "depth")
 
 
-@register_route("grow-width")
+@register_route("grow-width", grows=True)
 def grow_width(context: Context) -> RouteResult:
     """WA: S new units beside the top representation layer, L2-normalised and gamma-scaled."""
     return grow_route(context, "width")
 
 
-@register_route("grow-both")
+@register_route("grow-both", grows=True)
 def grow_both(context: Context) -> RouteResult:
     """DWA: widen the top layer, then FCa on the widened representation."""
     return grow_route(context, "both")
 
 
-@register_route("grow-width2")
+@register_route("grow-width2", grows=True)
 def grow_width2(context: Context) -> RouteResult:
     """WWA: widen the top two layers, the lower by S/2."""
     return grow_route(context, "width2")
 
 
-__all__ = ["PAPER_TRAIN", "evaluate_tasks", "forgetting", "paper_train"]
+__all__ = ["DEFAULT_GROW_ROUTE", "PAPER_TRAIN", "evaluate_tasks", "forgetting", "paper_train"]

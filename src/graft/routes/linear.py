@@ -8,7 +8,7 @@ from torch import nn
 from graft.backbones import weights_hash
 from graft.errors import GraftError
 from graft.probe import ProbeResult, fit_probe
-from graft.routes import register_route
+from graft.routes.registry import register_route
 from graft.routes.context import Context, RouteResult
 
 

@@ -7,7 +7,7 @@ epochs are not stretched to ``train.min_steps`` (that floor is for new heads).
 """
 from __future__ import annotations
 
-from graft.routes import register_route
+from graft.routes.registry import register_route
 from graft.routes.context import Context, RouteResult
 from graft.routes.finetune import run_stages
 from graft.routes.linear import probe_model

@@ -22,8 +22,10 @@ from graft.console import Reporter
 from graft.data.sources import ImageSet
 from graft.heads import AdaptationHead, attach_head
 from graft.multilabel import evaluate_scores
+from graft.errors import GraftError
+from graft.placement import Placement
 from graft.recipe import PatchesConfig
-from graft.routes import register_route
+from graft.routes.registry import register_route
 from graft.routes.context import Context, RouteResult
 from graft.routes.finetune import run_stages
 from graft.train.features_loop import fit_head, head_logits
@@ -50,7 +52,7 @@ def image_score_function(windows: dict[str, np.ndarray], images: ImageSet, k: fl
 def _windows(context: Context, model: nn.Module, images: ImageSet, cache: bool = True) -> dict[str, np.ndarray]:
     recipe = context.recipe
     result, cached = cached_windows(model, images, context.preprocessing(model), recipe.patches, recipe.data.batch_size * 2,
-                                    context.reporter, cache and recipe.linear.cache, recipe.model.channels_last)
+                                    context.reporter, cache and recipe.linear.cache, recipe.model.channels_last, context.placement)
     context.reporter.print(f"window features of {len(images)} images ({len(result['image'])} windows): {'from cache' if cached else 'extracted'}")
     context.run.log(event="window_features", images=len(images), windows=int(len(result["image"])), cached=cached)
     return result
@@ -78,7 +80,28 @@ def window_set(images: ImageSet, config: PatchesConfig, size: int, seed: int) ->
     return ImageSet([*images.classes, "background"], labels, arrays=arrays, origin=f"windows of {images.origin}")
 
 
-@register_route("patches")
+def run_patch_scores(run: Any, images: ImageSet, placement: Placement = Placement(), batch_size: int = 256,
+                     reporter: Optional[Reporter] = None) -> np.ndarray:
+    """(N, C) aggregated window scores mean_i p(C | P_i)^k of a finished patches run on ``images``."""
+    config = PatchesConfig(**run.meta["recipe"]["patches"])
+    windows, _ = cached_windows(run.model, images, run.preprocessing, config, max(batch_size, 256), reporter, placement=placement)
+    return window_scores(head_logits(run.model.get_classifier(), windows["features"]), windows["image"], len(images), config.k)
+
+
+def power_mean_probabilities(run: Any, scores: np.ndarray) -> np.ndarray:
+    """(mean_i p^k)^(1/k): the image scores back on the probability scale (ranked as the mean_i p^k evaluate uses)."""
+    return (torch.from_numpy(scores) ** (1.0 / run.meta["recipe"]["patches"]["k"])).numpy()
+
+
+def refuse_export(run: Any) -> nn.Module:
+    """A patches run answers by the power mean over windows cut from each full-resolution image; one exported network
+    of the preprocessed input would answer for one window (C+1 window logits), not what `graft predict` says."""
+    raise GraftError(f"{run.path}: a patches run scores an image by the power mean of ~{run.meta['recipe']['patches']['max_windows']} "
+                     "windows cut from the full-resolution image, which one exported network cannot reproduce; "
+                     "use `graft predict`/`graft evaluate` on the run, or export a run of route adapt or finetune")
+
+
+@register_route("patches", compared=False, score=run_patch_scores, probabilities=power_mean_probabilities, export=refuse_export)
 def patches(context: Context) -> RouteResult:
     config, recipe = context.recipe.patches, context.recipe
     model = context.model()
@@ -121,9 +144,3 @@ def patches(context: Context) -> RouteResult:
         test_logits = window_scores(head_logits(model.get_classifier(), windows["features"]), windows["image"], len(context.test), config.k)
     return RouteResult(model, info, history, test_logits)
 
-
-def run_patch_scores(run: Any, images: ImageSet, reporter: Optional[Reporter] = None) -> np.ndarray:
-    """(N, C) aggregated window scores of a finished patches run on ``images``."""
-    config = PatchesConfig(**run.meta["recipe"]["patches"])
-    windows, _ = cached_windows(run.model, images, run.preprocessing, config, 256, reporter)
-    return window_scores(head_logits(run.model.get_classifier(), windows["features"]), windows["image"], len(images), config.k)

@@ -20,7 +20,7 @@ from graft.data.unlabeled import hidden_labels
 from graft.errors import GraftError
 from graft.evaluation import predict_logits
 from graft.recipe import PseudoConfig
-from graft.routes import register_route
+from graft.routes.registry import register_route
 from graft.routes.context import Context, RouteResult
 from graft.routes.linear import probe_model
 from graft.train.groups import Stage, parse_stages
@@ -67,7 +67,7 @@ def with_labels(images: ImageSet, labels: np.ndarray) -> ImageSet:
 
 
 def probabilities_of(model: nn.Module, pre, images: ImageSet, context: Context) -> np.ndarray:
-    logits = predict_logits(model, images, pre, context.recipe.data.batch_size * 2, context.reporter)
+    logits = predict_logits(model, images, pre, context.recipe.data.batch_size * 2, context.reporter, placement=context.placement)
     return torch.softmax(torch.from_numpy(logits).float(), 1).numpy()
 
 

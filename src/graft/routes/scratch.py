@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from graft.routes import register_route
+from graft.routes.registry import register_route
 from graft.routes.context import Context, RouteResult
 from graft.routes.finetune import run_stages
 from graft.train.groups import Stage, parse_stages

@@ -86,8 +86,9 @@ def fit_head(head: nn.Module, features: np.ndarray, targets: np.ndarray, config:
 def head_logits(head: nn.Module, features: np.ndarray, batch_size: int = 4096) -> np.ndarray:
     """(N, D) features -> (N, C) logits, head in eval mode."""
     head.eval()
+    device = next(head.parameters()).device  # a head trained in the loop on the lifecycle's GPU scores there
     with torch.no_grad():
-        chunks = [head(torch.from_numpy(np.ascontiguousarray(features[i:i + batch_size], np.float32)))
+        chunks = [head(torch.from_numpy(np.ascontiguousarray(features[i:i + batch_size], np.float32)).to(device)).float().cpu()
                   for i in range(0, len(features), batch_size)]
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
 

@@ -1,0 +1,112 @@
+"""Workflows ``fit`` and ``grow``: train a classifier by one registered route through the run lifecycle."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from graft.backbones.factory import resolve_backbone
+from graft.errors import GraftError
+from graft.evaluation import evaluate_logits, predict_logits
+from graft.lifecycle import Lifecycle, as_path, resolve_recipe
+from graft.loggers import ExperimentLoggers
+from graft.multilabel import evaluate_scores
+from graft.recipe import Recipe
+from graft.routes import Context, find_route, get_route, route_names
+from graft.routes.grow import DEFAULT_GROW_ROUTE
+from graft.runs import Run, RunDirectory, load_run
+
+
+def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] = None, weights: Optional[str] = None, *,
+        val: Any = None, test: Any = None, out: Optional[str | Path] = None, recipe: Optional[Recipe] = None,
+        overrides: Sequence[str] = (), quiet: bool = False, resume: Optional[str | Path] = None,
+        callbacks: Sequence[Callable[[dict[str, Any]], None]] = ()) -> Run:
+    """Train a classifier on ``data`` by ``route`` (or, for a ``labelled=False`` route, a backbone) and return the
+    finished :class:`Run`; every forward pass runs on ``runtime.accelerator`` under ``runtime.precision``.
+
+    >>> run = graft.fit("images/", route="lpft", backbone="mobilenetv2_100", weights="mnv2.safetensors")
+    >>> run.metrics["test_accuracy"]
+    """
+    if resume is not None:
+        _, recipe = RunDirectory.reopen(resume)
+        recipe = recipe.override(list(overrides))
+    else:
+        # the route's own defaults go before the caller's overrides (the route is known once the recipe names it)
+        named = find_route(resolve_recipe(recipe, (), route=route).route)  # None: refused below with the list of routes
+        defaults = list(named.defaults) if named is not None else []
+        recipe = resolve_recipe(recipe, [*defaults, *overrides], route=route, **{"model.backbone": backbone, "model.weights": weights,
+                                "data.train": as_path(data), "data.val": as_path(val), "data.test": as_path(test),
+                                "runtime.out": None if out is None else str(out), "runtime.quiet": quiet or None})
+    spec = get_route(recipe.route)
+    life = Lifecycle.start(recipe)
+    reporter = life.reporter
+    train, val_set, test_set = life.splits() if spec.labelled else (life.images(), None, None)
+    # refuse a bad backbone or weights file before anything is written or trained
+    base_backbone, _ = resolve_backbone(recipe.model.backbone, recipe.model.weights)
+    experiment = ExperimentLoggers(recipe)  # an unknown logger or a missing extra is refused here, before the run exists
+    unlabeled = life.unlabeled(train.classes)
+
+    def prepare(final: RunDirectory) -> Any:  # bad input (e.g. weights that do not fit) fails here, before the run directory exists
+        probe = Context(recipe, life.fabric, train, val_set, test_set, final, reporter, started=life.started)
+        if spec.prepare is not None:
+            return spec.prepare(probe)
+        probe.model()
+        return None
+
+    run, checkpoint, prepared = life.open_run(resume, prepare)
+    experiment.start(run.work, run.path.name, run.writer)
+    context = Context(recipe, life.fabric, train, val_set, test_set, run, reporter, [*callbacks, experiment], checkpoint, unlabeled, prepared,
+                      life.started)
+    where = life.describe()
+    run.log(event="device", **where)
+    reporter.print(f"route [bold]{recipe.route}[/] on {recipe.model.backbone} -> {run.path} ({where['device']}, {where['precision']})")
+    try:
+        result = spec.fit(context)
+    except KeyboardInterrupt:
+        life.interrupted(run, "graft fit")
+        raise
+    model = result.model.eval()
+    pre = result.preprocessing or context.preprocessing(model)
+    metrics: dict[str, Any] = {}
+    evaluation = None
+    if test_set is not None and len(test_set):
+        logits = result.test_logits if result.test_logits is not None else predict_logits(
+            model, test_set, pre, recipe.data.batch_size * 2, reporter, placement=life.placement)
+        if test_set.multilabel:
+            evaluation = evaluate_scores(logits, test_set.targets, test_set.classes)
+            metrics.update(test_mAP=evaluation.mean_ap, test_count=evaluation.count)
+        else:
+            evaluation = evaluate_logits(logits, test_set.labels, test_set.classes)
+            metrics.update(test_accuracy=evaluation.accuracy, test_count=evaluation.count)
+    if spec.labelled and result.history and "val_accuracy" in result.history[0]:
+        metrics["val_accuracy"] = max(h["val_accuracy"] for h in result.history)
+    metrics = {"seconds": round(time.time() - life.started, 2), **metrics, **result.metrics}
+    meta = {"backbone": base_backbone, "route": recipe.route, "classes": result.classes or train.classes, "preprocessing": pre.to_dict(),
+            "metrics": metrics, "info": result.info, "skipped_files": [{"file": f, "reason": r} for f, r in train.skipped],
+            "recipe": recipe.to_dict(), "multilabel": train.multilabel}
+    return life.finish_run(run, model, meta, evaluation, result.history, splits={"train": train, "val": val_set, "test": test_set},
+                           experiment=experiment)
+
+
+def grow(run: str | Path | Run, data: Any, route: Optional[str] = None, *, val: Any = None, test: Any = None,
+         out: Optional[str | Path] = None, overrides: Sequence[str] = (), quiet: bool = False) -> Run:
+    """Continual growth (Wang et al. 2017, sec. 5.4): grow ``run`` again for the task in ``data``, keeping every
+    earlier task's head; the new run's ``info`` holds the accuracy matrix (task after step) and the forgetting.
+
+    >>> step = graft.grow("runs/source", "task_a.npz", route="grow-width", test="task_a_test.npz")
+    >>> step.meta["info"]["accuracy_matrix"]
+    """
+    path = Path(run.path if isinstance(run, Run) else run)
+    meta = load_run(path).meta
+    previous = find_route(meta["route"])
+    route = route or (meta["route"] if previous is not None and previous.grows else DEFAULT_GROW_ROUTE)
+    spec = find_route(route)
+    if spec is None or not spec.grows:
+        growers = [name for name in route_names() if get_route(name).grows]
+        raise GraftError(f"graft grow needs a grow route ({', '.join(growers)}), not '{route}'")
+    return fit(data, route=route, backbone=f"run:{path}", val=val, test=test, out=out, quiet=quiet,
+               overrides=[f"grow.previous={json.dumps(str(path))}", *overrides])
+
+
+__all__ = ["fit", "grow"]
