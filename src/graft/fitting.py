@@ -94,8 +94,9 @@ def grow(run: str | Path | Run, data: Any, route: Optional[str] = None, *, val: 
     """Continual growth (Wang et al. 2017, sec. 5.4): grow ``run`` again for the task in ``data``, keeping every
     earlier task's head; the new run's ``info`` holds the accuracy matrix (task after step) and the forgetting.
 
-    >>> step = graft.grow("runs/source", "task_a.npz", route="grow-width", test="task_a_test.npz")
-    >>> step.meta["info"]["accuracy_matrix"]
+    Examples:
+        >>> step = graft.grow("runs/source", "task_a.npz", route="grow-width", test="task_a_test.npz")
+        >>> step.meta["info"]["accuracy_matrix"]
     """
     path = Path(run.path if isinstance(run, Run) else run)
     meta = load_run(path).meta
