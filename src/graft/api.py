@@ -26,7 +26,10 @@ from graft.runs import Run, RunDirectory, default_run_path, load_run
 def _fabric(recipe: Recipe):
     from lightning_fabric import Fabric
 
+    from graft.recipe_checks import check_devices
+
     runtime = recipe.runtime
+    check_devices(runtime.accelerator, runtime.devices)  # a missing GPU is one line here, not Fabric's traceback
     devices: Any = int(runtime.devices) if runtime.devices.isdigit() else runtime.devices
     fabric = Fabric(accelerator=runtime.accelerator, devices=devices, strategy=runtime.strategy, precision=runtime.precision)
     fabric.launch()

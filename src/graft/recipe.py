@@ -240,7 +240,14 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Recipe":
-        return _build(cls, values, "")
+        return _build(cls, values, "").validate()
+
+    def validate(self) -> "Recipe":
+        """Check every value against its allowed range (:mod:`graft.recipe_checks`); return self."""
+        from graft.recipe_checks import check_recipe
+
+        check_recipe(self.to_dict())
+        return self
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Recipe":
@@ -266,7 +273,11 @@ class Recipe:
                 target = target[part]
             if parts[-1] not in target:
                 raise GraftError(f"override '{assignment}': unknown key '{key}'; known: {', '.join(target)}")
-            target[parts[-1]] = yaml.safe_load(raw)
+            try:
+                target[parts[-1]] = yaml.safe_load(raw)
+            except yaml.YAMLError as error:  # tags (!!python/...) are refused by safe_load: name the key, not the parser
+                reason = str(error).splitlines()[0]
+                raise GraftError(f"override '{assignment}': value is not plain YAML ({reason}); give a number, word or [list]") from None
         return Recipe.from_dict(values)
 
 
