@@ -198,7 +198,7 @@ class GrowConfig:
         import re
 
         if not re.fullmatch(r"new|all|top-\d+", self.train):
-            raise GraftError(f"grow.train '{self.train}' must be new, top-1, top-2 (or top-K) or all; e.g. --train top-1")
+            raise GraftError(f"grow.train '{self.train}' must be new, top-1, top-2 (or top-K) or all; e.g. --train top-1", key="grow.train")
 
 
 @dataclass
@@ -255,7 +255,8 @@ class Recipe:
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as error:
-            raise GraftError(f"{path}: cannot read recipe ({error}); give a YAML file like a run's recipe.yaml") from error
+            reason = " ".join(str(error).split())  # YAML errors span several lines; the message is one
+            raise GraftError(f"{path}: cannot read recipe ({reason}); give a YAML file like a run's recipe.yaml") from None
         return cls.from_dict(values)
 
     def override(self, assignments: list[str]) -> "Recipe":
@@ -310,14 +311,14 @@ def _check(hint: Any, value: Any, where: str) -> Any:
                 return _check(arg, value, where)
             except GraftError as error:
                 errors.append(str(error))
-        raise GraftError(errors[0])
+        raise GraftError(errors[0], key=where)
     if origin is Literal:
         if value not in typing.get_args(hint):
-            raise GraftError(f"recipe key '{where}' must be one of {list(typing.get_args(hint))}, got {value!r}")
+            raise GraftError(f"recipe key '{where}' must be one of {list(typing.get_args(hint))}, got {value!r}", key=where)
         return value
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise GraftError(f"recipe key '{where}' must be a list, got {value!r}")
+            raise GraftError(f"recipe key '{where}' must be a list, got {value!r}", key=where)
         (item,) = typing.get_args(hint)
         return [_check(item, v, where) for v in value]
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -331,4 +332,4 @@ def _check(hint: Any, value: Any, where: str) -> Any:
         return str(value)
     if hint in (int, bool, str) and type(value) is hint:
         return value
-    raise GraftError(f"recipe key '{where}' must be {getattr(hint, '__name__', hint)}, got {value!r}")
+    raise GraftError(f"recipe key '{where}' must be {getattr(hint, '__name__', hint)}, got {value!r}", key=where)

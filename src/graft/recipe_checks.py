@@ -144,14 +144,15 @@ def check_recipe(values: dict[str, Any]) -> None:
     for key, (test, allowed) in RULES.items():
         value = _lookup(values, key)
         if not test(value):
-            raise GraftError(f"recipe key '{key}' is {value!r}; allowed: {allowed} (--set {key}=VALUE)")
+            raise GraftError(f"recipe key '{key}' is {value!r}; allowed: {allowed}", key=key)
     data = values["data"]
     if data["val_fraction"] + data["test_fraction"] >= 1:
         raise GraftError(f"data.val_fraction {data['val_fraction']} + data.test_fraction {data['test_fraction']} leave no "
-                         "training images; keep their sum below 1")
+                         "training images; keep their sum below 1", key="data.val_fraction")
     pseudo = values["pseudo"]
     if pseudo["ramp_start"] > pseudo["ramp_end"]:
-        raise GraftError(f"pseudo.ramp_start {pseudo['ramp_start']} is after pseudo.ramp_end {pseudo['ramp_end']}; give start <= end")
+        raise GraftError(f"pseudo.ramp_start {pseudo['ramp_start']} is after pseudo.ramp_end {pseudo['ramp_end']}; give start <= end",
+                         key="pseudo.ramp_start")
     _check_stages(values["train"]["stages"])
     _check_preset(values["train"]["augment"]["preset"])
     _check_devices_text(values["runtime"]["devices"])
@@ -162,20 +163,22 @@ def _check_stages(spec: str) -> None:
 
     for stage in parse_stages(spec):
         if stage.epochs < 1:  # a stage of 0 epochs would report the untrained model as if trained
-            raise GraftError(f"train.stages '{spec}': stage {stage.train} has 0 epochs; give each stage at least 1 (e.g. --stages all:5)")
+            raise GraftError(f"train.stages '{spec}': stage {stage.train} has 0 epochs; give each stage at least 1 (e.g. --stages all:5)",
+                             key="train.stages")
 
 
 def _check_preset(preset: str) -> None:
     from graft.data.transforms import PRESETS
 
     if preset not in PRESETS:
-        raise GraftError(f"recipe key 'train.augment.preset' is {preset!r}; allowed: one of {', '.join(PRESETS)} (--augment NAME)")
+        raise GraftError(f"recipe key 'train.augment.preset' is {preset!r}; allowed: one of {', '.join(PRESETS)}", key="train.augment.preset")
 
 
 def _check_devices_text(devices: str) -> None:
     if devices == "auto" or re.fullmatch(r"-1|[1-9]\d*|\d+(,\d+)+,?|\d+,", devices):
         return
-    raise GraftError(f"runtime.devices '{devices}' must be auto, a count >= 1 (or -1: all), or device indices like 0,1 (--devices)")
+    raise GraftError(f"recipe key 'runtime.devices' is {devices!r}; allowed: auto, a count >= 1 (or -1: all), or device indices like 0,1",
+                     key="runtime.devices")
 
 
 def check_devices(accelerator: str, devices: str) -> None:
