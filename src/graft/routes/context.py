@@ -16,6 +16,7 @@ from graft.data.transforms import Preprocessing, resolve_preprocessing
 from graft.features import cached_features
 from graft.recipe import Recipe
 from graft.runs import RunDirectory
+from graft.seeding import seeded
 
 
 @dataclass
@@ -54,8 +55,9 @@ class Context:
 
         m = self.recipe.model
         pretrained = USES_PRETRAINED.get(self.recipe.route, True) if pretrained is None else pretrained
-        return create_model(m.backbone, self.num_classes, weights=m.weights if pretrained else None,
-                            pretrained=pretrained and m.pretrained)
+        with seeded(self.recipe.runtime.seed, "new model"):  # the same weights however many models were built before
+            return create_model(m.backbone, self.num_classes, weights=m.weights if pretrained else None,
+                                pretrained=pretrained and m.pretrained)
 
     def preprocessing(self, model: nn.Module) -> Preprocessing:
         return resolve_preprocessing(timm.data.resolve_model_data_config(model), self.recipe.data)
