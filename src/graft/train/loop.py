@@ -167,7 +167,8 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
         state = LoopState(**checkpoint["state"]["loop"])
         model.load_state_dict(checkpoint["model"])
         best = checkpoint["best"]
-    history: list[dict[str, Any]] = []
+    # the epochs of earlier processes come back with the checkpoint: a resumed run's history is the whole run's
+    history: list[dict[str, Any]] = list(checkpoint["state"].get("history", [])) if checkpoint is not None else []
     if checkpoint is None and val_loader is not None:
         # the starting model competes too: LP-FT never ends below its probe on validation
         module = fabric.setup_module(model)
@@ -233,9 +234,9 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
             history.append(record)
             run.log(**record)
             state.epoch, state.global_epoch = (stage.epochs if stop else epoch + 1), state.global_epoch + 1
-            run.save_checkpoint(model, optimizer, best, {"loop": asdict(state)})
-            reporter.print("  " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
-                                            if k not in ("event", "stage", "stage_name")))
+            run.save_checkpoint(model, optimizer, best, {"loop": asdict(state), "history": history})
+            reporter.print("  " + "  ".join(f"{k}={v:.3g}" if k == "lr" else f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                            for k, v in record.items() if k not in ("event", "stage", "stage_name")))
             for callback in callbacks:
                 callback(record)
             if stop:
@@ -246,4 +247,7 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
         checkpoint = None
     if best is not None:
         model.load_state_dict(best)
+        # which epoch the returned weights are (0: the starting model, e.g. lpft's probe), counted over this history
+        epoch = next((i + 1 for i, r in enumerate(history) if [r["stage"], r["epoch"]] == state.best_at), 0)
+        run.log(event="returned", epoch=epoch, val_accuracy=state.best_accuracy, val_loss=state.best_loss)
     return history
