@@ -20,6 +20,7 @@ from graft.multilabel import MultiLabelEvaluation, evaluate_scores
 from graft.recipe import Recipe
 from graft.report import plot_confusion, plot_curves, save_figure, table, write_html
 from graft.routes import Context, get_route
+from graft.run_files import resume_recipe
 from graft.runs import Run, RunDirectory, default_run_path, load_run
 
 
@@ -93,7 +94,7 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
             from graft.pretraining import pretrain
 
             return pretrain(resume=resume, overrides=overrides, quiet=quiet, callbacks=callbacks)
-        recipe = recipe.override(list(overrides))
+        recipe = resume_recipe(recipe, list(overrides), Path(resume))
     else:
         recipe = resolve_recipe(recipe, overrides, route=route, **{"model.backbone": backbone, "model.weights": weights,
                                 "data.train": _as_path(data), "data.val": _as_path(val), "data.test": _as_path(test),
@@ -114,6 +115,8 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
     writer = fabric.global_rank == 0
     if resume is not None:
         run, _ = RunDirectory.reopen(resume, writer)
+        run.check_data({"train": train, "val": val, "test": test})
+        started -= run.seconds_before()  # model.json's seconds cover every process of the run
         checkpoint = run.load_checkpoint()
         run.log(event="resume", from_checkpoint=checkpoint is not None)
     else:
@@ -121,12 +124,17 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
         context_probe = Context(recipe, fabric, train, val, test, RunDirectory(final, False), reporter)
         context_probe.model()  # weights that do not fit fail here, before the run directory exists
         run, checkpoint = RunDirectory.create(final, recipe, writer), None
+        run.check_data({"train": train, "val": val, "test": test})
     context = Context(recipe, fabric, train, val, test, run, reporter, callbacks, checkpoint, unlabeled)
     reporter.print(f"route [bold]{recipe.route}[/] on {recipe.model.backbone} -> {run.path}")
     try:
         result = route_fn(context)
     except KeyboardInterrupt:
         reporter.print(f"[yellow]interrupted[/]; continue with: graft fit --resume {run.path}")
+        raise
+    except Exception:
+        if resume is None:  # nothing trained yet: leave no .partial that --resume would only fail on again
+            run.discard_if_untrained()
         raise
     model = result.model.eval()
     pre = context.preprocessing(model)
@@ -140,8 +148,7 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
         else:
             evaluation = evaluate_logits(logits, test.labels, test.classes)
             metrics.update(test_accuracy=evaluation.accuracy, test_count=evaluation.count)
-    if result.history and "val_accuracy" in result.history[0]:
-        metrics["val_accuracy"] = max(h["val_accuracy"] for h in result.history)
+    metrics.update(run.returned_model(result.history))  # of the model returned (e.g. lpft's probe), not the best epoch
     metrics["seconds"] = round(time.time() - started, 2)
     meta = {"backbone": base_backbone, "route": recipe.route, "classes": train.classes, "preprocessing": pre.to_dict(),
             "metrics": metrics, "info": result.info, "skipped_files": [{"file": f, "reason": r} for f, r in train.skipped],
@@ -269,7 +276,8 @@ def predict(run: str | Path | Run, images: Sequence[str | Path] | ImageSet, top_
         paths = [Path(p) for p in images]
         for path in paths:
             if not path.is_file():
-                raise GraftError(f"{path}: image not found; give existing image files")
+                what = "is a folder" if path.is_dir() else "image not found"
+                raise GraftError(f"{path}: {what}; give image files (e.g. {path}/*.png for a folder's images)")
         images = ImageSet(run.classes, np.full(len(paths), -1, np.int64), paths=paths, origin="predict")
     scores = torch.from_numpy(run_scores(run, images))
     # multi-label runs score each class on its own (sigmoid); patches runs give (mean_i p^k)^(1/k), the power mean of
