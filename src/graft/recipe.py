@@ -253,11 +253,14 @@ class Recipe:
     def from_yaml(cls, path: str | Path) -> "Recipe":
         path = Path(path)
         try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
             reason = " ".join(str(error).split())  # YAML errors span several lines; the message is one
             raise GraftError(f"{path}: cannot read recipe ({reason}); give a YAML file like a run's recipe.yaml") from None
-        return cls.from_dict(values)
+        try:
+            return cls.from_dict(values)
+        except GraftError as error:  # name the file the bad key came from
+            raise GraftError(f"{path}: {error}", key=error.key) from None
 
     def override(self, assignments: list[str]) -> "Recipe":
         """Return a copy with ``section.key=value`` assignments applied (values parsed as YAML)."""

@@ -23,7 +23,7 @@ _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a .npz is a zip archive; anything
 def read_arrays(path: Path, names: tuple[str, ...] = ("images", "labels", "classes")) -> dict[str, np.ndarray]:
     """The arrays ``names`` present in the archive at ``path`` (``images`` is required)."""
     with path.open("rb") as handle:
-        head = handle.read(4)
+        head = handle.read(6)
     if head[:4] not in _ZIP_MAGIC:
         what = "empty" if not head else "a .npy array" if head.startswith(b"\x93NUMPY") else "not a zip archive"
         raise GraftError(f"{path}: not an .npz archive ({what}); {SAVE_HINT}")

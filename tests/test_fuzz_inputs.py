@@ -1,0 +1,317 @@
+"""Bad input never gets a traceback: each case is one `graft: error:` line naming the file or flag (exit 2), with no
+`.partial` left behind, or, for inputs graft accepts, the documented behaviour (skipped and named, warned).
+
+Most cases call the CLI's entry point in-process on tiny files written to tmp_path; a few run `python -m graft` as a
+real subprocess. Every error case fails before training, so the file runs in well under a minute on one thread.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from graft.cli import main
+
+from conftest import make_images
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+TINY = ["--route", "scratch", "--backbone", "graft_convnet_s", "--image-size", "16", "--stages", "all:1", "--quiet",
+        "--set", "train.min_steps=0", "--set", "model.channels_last=false", "--augment", "none"]
+
+
+# --- helpers ----------------------------------------------------------------------------------------------------------
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code if isinstance(exit_info.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def partials(root: Path) -> set[Path]:
+    return set(root.rglob(".*.partial"))
+
+
+def assert_one_line_error(code: int, err: str, names: str) -> None:
+    """Exit 2, exactly one `graft: error:` line (the last one) naming ``names``, no traceback."""
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("graft: error:")]
+    assert code == 2 and len(errors) == 1, err
+    assert err.strip().splitlines()[-1] == errors[0], err
+    assert names in errors[0], (names, errors[0])
+
+
+def write_npz(path: Path, **arrays: object) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def toy(path: Path, n: int = 36, classes: int = 3) -> Path:
+    images, labels = make_images(n, classes)
+    return write_npz(path, images=images, labels=labels, classes=np.array(["red", "green", "blue"][:classes]))
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height pixels (a decompression bomb: PIL refuses to decode it)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def image_folder(root: Path, classes: tuple[str, ...] = ("a", "b"), per_class: int = 6) -> Path:
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(np.full((16, 16, 3), 30 + 180 * c + i, np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+# --- 1. option values, flags and --set: refused by Recipe.validate before anything is read or created ----------------
+OPTION_CASES = [
+    (["--image-size", "-5"], "--image-size"), (["--image-size", "0"], "--image-size"), (["--image-size", "100000"], "--image-size"),
+    (["--image-size", "3"], "--image-size"), (["--lr", "nan"], "--lr"), (["--lr", "-1"], "--lr"), (["--lr", "0"], "--lr"),
+    (["--lr", "inf"], "--lr"), (["--batch-size", "0"], "--batch-size"), (["--batch-size", "-4"], "--batch-size"),
+    (["--seed", "-1"], "--seed"), (["--seed", "99999999999"], "--seed"), (["--val-fraction", "1.5"], "--val-fraction"),
+    (["--val-fraction", "-0.1"], "--val-fraction"), (["--val-fraction", "1"], "--val-fraction"),
+    (["--test-fraction", "1.2"], "--test-fraction"), (["--test-fraction", "-0.5"], "--test-fraction"),
+    (["--val-fraction", "0.6", "--test-fraction", "0.5"], "leave no training images"), (["--patience", "-1"], "--patience"),
+    (["--patience", "0"], "--patience"), (["--mixup", "-1"], "--mixup"), (["--mixup", "nan"], "--mixup"),
+    (["--cutmix", "-2"], "--cutmix"), (["--stages", "all:0"], "--stages"), (["--stages", "garbage"], "stage 'garbage'"),
+    (["--stages", "new:1,all:0"], "--stages"), (["--stages", "top-x:2"], "stage 'top-x:2'"), (["--stages", "all:-3"], "stage 'all:-3'"),
+    (["--augment", "nonsense"], "--augment"), (["--precision", "garbage"], "--precision"), (["--precision", "8-true"], "--precision"),
+    (["--accelerator", "quantum"], "--accelerator"), (["--devices", "0"], "--devices"), (["--devices", "-5"], "--devices"),
+    (["--devices", "abc"], "--devices"), (["--strategy", "magic"], "--strategy"), (["--threads", "0"], "--threads"),
+    (["--threads", "-1"], "--threads"), (["--optimizer", "rmsprop"], "--optimizer"), (["--schedule", "wavy"], "--schedule"),
+    (["--bn-mode", "sometimes"], "--bn-mode"), (["--backbone-lr-ratio", "-1"], "--backbone-lr-ratio"),
+    (["--temperature", "0"], "--temperature"), (["--kd-alpha", "2"], "--kd-alpha"), (["--threshold", "1.5"], "--threshold"),
+    (["--top-k", "0"], "--top-k"), (["--rounds", "0"], "--rounds"), (["--units", "0"], "--units"), (["--lwf", "-1"], "--lwf"),
+    (["--train", "top-x"], "grow.train"), (["--route", "nonsense"], "unknown route 'nonsense'"),
+]
+SET_CASES = [
+    ("linear.c_grid=[-1]", "linear.c_grid"), ("linear.c_grid=[]", "linear.c_grid"), ("linear.c_grid=[0]", "linear.c_grid"),
+    ("linear.c_grid=[.nan]", "linear.c_grid"), ("linear.max_iter=0", "linear.max_iter"), ("data.crop_pct=0", "data.crop_pct"),
+    ("data.crop_pct=1.5", "data.crop_pct"), ("train.label_smoothing=2", "train.label_smoothing"),
+    ("train.label_smoothing=-0.1", "train.label_smoothing"), ("data.interpolation=lanczos9", "data.interpolation"),
+    ("data.num_workers=-1", "data.num_workers"), ("train.momentum=1.5", "train.momentum"), ("train.weight_decay=-1", "train.weight_decay"),
+    ("train.warmup_epochs=-1", "train.warmup_epochs"), ("train.step_gamma=0", "train.step_gamma"), ("train.min_steps=-1", "train.min_steps"),
+    ("train.step_epochs=0", "train.step_epochs"), ("train.augment.rotate=400", "train.augment.rotate"),
+    ("train.augment.crop_scale=0", "train.augment.crop_scale"), ("adapt.dropout=1", "adapt.dropout"), ("adapt.hidden=0", "adapt.hidden"),
+    ("adapt.epochs=0", "adapt.epochs"), ("patches.overlap=1", "patches.overlap"), ("patches.k=0", "patches.k"),
+    ("patches.max_lambda=0.5", "patches.max_lambda"), ("pseudo.ramp_start=0.9", "pseudo.ramp_start"), ("grow.gamma=0", "grow.gamma"),
+    ("grow.dropout=-0.5", "grow.dropout"), ("exemplar.classes=0", "exemplar.classes"), ("exemplar.scales=[0.5]", "exemplar.scales"),
+    ("distill.alpha=-1", "distill.alpha"), ("train.lr=!!python/object/apply:os.system [echo hacked]", "train.lr"),
+    ("data.train=!!python/name:os.system", "data.train"), ("train.lr=[unclosed", "train.lr"), ("train.lr={a: 1}", "train.lr"),
+    ("train.lr=abc", "train.lr"), ("data.batch_size=1.5", "data.batch_size"), ("model.pretrained=maybe", "model.pretrained"),
+    ("train.nonsense=1", "train.nonsense"), ("nosection.x=1", "nosection"), ("train=1", "train"), ("noequals", "noequals"),
+    ("runtime.seed=-1", "runtime.seed"), ("data.val_fraction=1", "data.val_fraction"),
+]
+
+
+@pytest.mark.parametrize("flags,names", OPTION_CASES, ids=[" ".join(f) for f, _ in OPTION_CASES])
+def test_bad_option_is_one_line(flags, names, tmp_path, capsys):
+    data = toy(tmp_path / "toy.npz")
+    argv = ["fit", data, *TINY, *flags, "--out", tmp_path / "run"]
+    code, _, err = run_cli(argv, capsys)
+    assert_one_line_error(code, err, names)
+    assert not (tmp_path / "run").exists() and not partials(tmp_path)
+
+
+@pytest.mark.parametrize("assignment,names", SET_CASES, ids=[a for a, _ in SET_CASES])
+def test_bad_set_is_one_line(assignment, names, tmp_path, capsys):
+    data = toy(tmp_path / "toy.npz")
+    code, _, err = run_cli(["fit", data, *TINY, "--set", assignment, "--out", tmp_path / "run"], capsys)
+    assert_one_line_error(code, err, names)
+    assert not (tmp_path / "run").exists() and not partials(tmp_path)
+    assert not (tmp_path / "hacked").exists()
+
+
+def test_missing_gpu_is_refused_before_fabric(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    code, _, err = run_cli(["fit", toy(tmp_path / "toy.npz"), *TINY, "--accelerator", "gpu"], capsys)
+    assert_one_line_error(code, err, "--accelerator gpu")
+
+
+RECIPE_FILES = {
+    "missing": None, "unclosed": "train: [", "tag": "train: !!python/object/apply:os.system [ls]\n", "list": "- 1\n- 2\n",
+    "unknown key": "train:\n  speed: 3\n", "bad value": "train:\n  lr: -1\n", "binary": b"\xff\xfe\x00garbage",
+}
+
+
+@pytest.mark.parametrize("kind", RECIPE_FILES)
+def test_bad_recipe_file_is_one_line(kind, tmp_path, capsys):
+    recipe, text = tmp_path / "recipe.yaml", RECIPE_FILES[kind]
+    if isinstance(text, bytes):
+        recipe.write_bytes(text)
+    elif text is not None:
+        recipe.write_text(text)
+    code, _, err = run_cli(["fit", toy(tmp_path / "toy.npz"), *TINY, "--recipe", recipe, "--out", tmp_path / "run"], capsys)
+    assert_one_line_error(code, err, str(recipe))
+    assert not partials(tmp_path)
+
+
+def test_out_naming_a_file_or_an_uncreatable_folder(tmp_path, capsys):
+    data, file = toy(tmp_path / "toy.npz"), tmp_path / "a_file"
+    file.write_text("x")
+    for out, names in ((file, "names an existing file"), (file / "sub", "cannot create")):
+        code, _, err = run_cli(["fit", data, *TINY, "--out", out], capsys)
+        assert_one_line_error(code, err, str(out))
+        assert names in err
+    assert not partials(tmp_path)
+
+
+# --- 2. data files: refused as one line naming the file ----------------------------------------------------------------
+def _images(n: int = 12, dtype: object = np.uint8) -> np.ndarray:
+    return make_images(n, 3)[0].astype(dtype)
+
+
+def _labels(n: int = 12) -> np.ndarray:
+    return np.arange(n) % 3
+
+
+def _pixels(value: float, dtype: object = np.float32) -> np.ndarray:
+    images = _images().astype(dtype)
+    images = images / 255 if np.dtype(dtype).kind == "f" else images
+    images.flat[5] = value
+    return images
+
+
+NPZ_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "no pixels (300,0,0,3)": (lambda p: write_npz(p, images=np.zeros((300, 0, 0, 3), np.uint8), labels=np.arange(300) % 2), "no pixels"),
+    "two channels": (lambda p: write_npz(p, images=np.zeros((6, 8, 8, 2), np.uint8), labels=_labels(6)), "shape"),
+    "2-d images": (lambda p: write_npz(p, images=np.zeros((6, 8), np.uint8), labels=_labels(6)), "shape"),
+    "labels (N,1)": (lambda p: write_npz(p, images=_images(), labels=_labels()[:, None]), "(N,) array"),
+    "one-hot labels": (lambda p: write_npz(p, images=_images(), labels=np.eye(3)[_labels()]), "one-hot"),
+    "scalar label": (lambda p: write_npz(p, images=_images(), labels=np.array(1)), "labels have shape ()"),
+    "fewer labels": (lambda p: write_npz(p, images=_images(), labels=_labels(5)), "12 images but 5 labels"),
+    "fractional labels": (lambda p: write_npz(p, images=_images(), labels=_labels() + 0.5), "fractional"),
+    "nan labels": (lambda p: write_npz(p, images=_images(), labels=np.full(12, np.nan)), "fractional or NaN"),
+    "string labels": (lambda p: write_npz(p, images=_images(), labels=np.array(["a", "b", "c"] * 4)), "type <U1"),
+    "label out of range": (lambda p: write_npz(p, images=_images(), labels=_labels() * 3, classes=np.array(["a", "b", "c"])), "outside"),
+    "label -2": (lambda p: write_npz(p, images=_images(), labels=_labels() - 2), "outside"),
+    "one nan pixel": (lambda p: write_npz(p, images=_pixels(np.nan), labels=_labels()), "NaN or infinite"),
+    "all nan": (lambda p: write_npz(p, images=np.full((12, 8, 8, 3), np.nan, np.float32), labels=_labels()), "NaN or infinite"),
+    "inf pixel": (lambda p: write_npz(p, images=_pixels(np.inf), labels=_labels()), "NaN or infinite"),
+    "negative float": (lambda p: write_npz(p, images=_pixels(-0.5), labels=_labels()), "float pixels span"),
+    "float above 255": (lambda p: write_npz(p, images=_pixels(300.0), labels=_labels()), "float pixels span"),
+    "negative ints": (lambda p: write_npz(p, images=_pixels(-7, np.int32), labels=_labels()), "integer pixels span"),
+    "ints above 255": (lambda p: write_npz(p, images=_pixels(4000, np.int32), labels=_labels()), "integer pixels span"),
+    "bool images": (lambda p: write_npz(p, images=_images() > 100, labels=_labels()), "type bool"),
+    "complex images": (lambda p: write_npz(p, images=_images().astype(np.complex64), labels=_labels()), "type complex64"),
+    "object array": (lambda p: np.savez(p, images=np.array([np.zeros(3), "x"], dtype=object), labels=_labels(2)), "Python objects"),
+    ".npy renamed": (lambda p: np.save(open(p, "wb"), _images()), "a .npy array"),
+    "text renamed": (lambda p: p.write_text("images,labels\n1,2\n"), "not a zip archive"),
+    "zero bytes": (lambda p: p.write_bytes(b""), "empty"),
+    "truncated": (lambda p: (write_npz(p, images=_images(), labels=_labels()), p.write_bytes(p.read_bytes()[:300])), "damaged"),
+    "no images key": (lambda p: write_npz(p, pixels=_images(), labels=_labels()), "no 'images' array"),
+    "duplicate class names": (lambda p: write_npz(p, images=_images(), labels=_labels(), classes=np.array(["a", "a", "b"])), "more than once"),
+    "empty class name": (lambda p: write_npz(p, images=_images(), labels=_labels(), classes=np.array(["a", " ", "b"])), "empty name"),
+    "single class": (lambda p: write_npz(p, images=_images(), labels=np.zeros(12, int)), "at least two"),
+    "zero images": (lambda p: write_npz(p, images=np.zeros((0, 8, 8, 3), np.uint8), labels=np.zeros(0, int)), "no readable images"),
+}
+
+
+@pytest.mark.parametrize("case", NPZ_CASES)
+def test_bad_npz_is_one_line(case, tmp_path, capsys):
+    build, names = NPZ_CASES[case]
+    data = tmp_path / "data.npz"
+    build(data)
+    code, _, err = run_cli(["fit", data, *TINY, "--out", tmp_path / "run"], capsys)
+    assert_one_line_error(code, err, str(data))
+    assert names in err and not partials(tmp_path) and not (tmp_path / "run").exists()
+
+
+def _csv(text: str | bytes, images: bool = True) -> Callable[[Path], None]:
+    def build(path: Path) -> None:
+        if images:
+            image_folder(path.parent / "imgs")
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return build
+
+
+CSV_CASES = {
+    "latin-1": (_csv("imgs/a/0.png,caf\xe9\n".encode("latin-1")), "not UTF-8"),
+    "binary": (_csv(bytes(range(256)) * 4), "not UTF-8"),
+    "empty": (_csv(""), "no rows"),
+    "header only": (_csv("path,label\n"), "no rows"),
+    "one column": (_csv("imgs/a/0.png\nimgs/b/0.png\n"), "is not 'path,label'"),
+    "empty label": (_csv("imgs/a/0.png,a\nimgs/b/0.png,\n"), "empty label"),
+    "all missing": (_csv("nope/1.png,a\nnope/2.png,b\n", images=False), "no readable images (skipped 2)"),
+    "one class": (_csv("".join(f"imgs/a/{i}.png,a\n" for i in range(6))), "at least two"),
+}
+
+
+@pytest.mark.parametrize("case", CSV_CASES)
+def test_bad_csv_is_one_line(case, tmp_path, capsys):
+    build, names = CSV_CASES[case]
+    data = tmp_path / "data.csv"
+    build(data)
+    code, _, err = run_cli(["fit", data, *TINY, "--out", tmp_path / "run"], capsys)
+    assert_one_line_error(code, err, str(data))
+    assert names in err and not partials(tmp_path)
+
+
+def _folder_no_classes(root: Path) -> None:
+    root.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "loose.png")
+
+
+def _folder_empty_class(root: Path) -> None:
+    image_folder(root)
+    (root / "c").mkdir()
+
+
+def _folder_all_broken(root: Path) -> None:
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        (root / name / "x.png").write_bytes(b"\x89PNG broken")
+
+
+FOLDER_CASES = {
+    "no class folders": (_folder_no_classes, "no class sub-folders"),
+    "empty class folder": (_folder_empty_class, "class folder has no images"),
+    "one class": (lambda root: image_folder(root, ("a",)), "at least two"),
+    "nothing readable": (_folder_all_broken, "no readable images (skipped 2)"),
+    "missing": (lambda root: None, "DATA does not exist"),
+    "unknown suffix": (lambda root: root.write_text("x"), "unknown DATA form"),
+}
+
+
+@pytest.mark.parametrize("case", FOLDER_CASES)
+def test_bad_folder_is_one_line(case, tmp_path, capsys):
+    build, names = FOLDER_CASES[case]
+    data = tmp_path / ("data.txt" if case == "unknown suffix" else "data")
+    build(data)
+    code, _, err = run_cli(["fit", data, *TINY, "--out", tmp_path / "run"], capsys)
+    assert_one_line_error(code, err, str(data))
+    assert names in err and not partials(tmp_path)
+
+
+@pytest.mark.parametrize("flag", ["--test", "--val"])
+def test_held_out_set_with_unknown_classes(flag, tmp_path, capsys):
+    other = write_npz(tmp_path / "other.npz", images=_images(), labels=_labels(), classes=np.array(["cat", "dog", "emu"]))
+    code, _, err = run_cli(["fit", toy(tmp_path / "toy.npz"), *TINY, flag, other, "--out", tmp_path / "run"], capsys)
+    assert_one_line_error(code, err, str(other))
+    assert "not among the training classes" in err and not partials(tmp_path)
+
+
+def test_class_with_too_few_images_says_how_many_were_left(tmp_path, capsys):
+    labels = np.array([0] * 10 + [1] * 10 + [2] * 2)
+    data = write_npz(tmp_path / "few.npz", images=_images(22), labels=labels, classes=np.array(["a", "b", "c"]))
+    code, _, err = run_cli(["fit", data, *TINY, "--out", tmp_path / "run"], capsys)
+    assert_one_line_error(code, err, "class 'c' has 1 image left")
+    assert "test share is split off first" in err
