@@ -329,10 +329,12 @@ def load_run(path: str | Path) -> Run:
 
     restore_head(model, meta.get("info", {}).get("head"))  # adaptation layers (routes adapt, patches)
     state = read_tensors(path / "model.safetensors", "copy the run again or train it again")
-    result = model.load_state_dict(state, strict=False)
-    wrong = [k for k, v in state.items() if k in model.state_dict() and model.state_dict()[k].shape != v.shape]
-    if result.missing_keys or result.unexpected_keys or wrong:
-        raise GraftError(f"{path}/model.safetensors does not match backbone '{meta['backbone']}' ({len(result.missing_keys)} "
-                         f"tensors missing, {len(result.unexpected_keys)} unexpected, e.g. "
-                         f"{(result.missing_keys + result.unexpected_keys + wrong)[0]}); model.json and the weights come from different runs")
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [k for k, v in state.items() if k in expected and expected[k].shape != v.shape]
+    if missing or unexpected or wrong:  # one line, not torch's list of every mismatched tensor
+        raise GraftError(f"{path}/model.safetensors does not match backbone '{meta['backbone']}' ({len(missing)} tensors missing, "
+                         f"{len(unexpected)} unexpected, {len(wrong)} of another shape, e.g. {(missing + unexpected + wrong)[0]}); "
+                         "model.json and the weights come from different runs")
+    model.load_state_dict(state, strict=True)
     return Run(path, model.eval(), meta)
