@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from graft.console import Reporter
 from graft.data.sources import ImageSet
 from graft.data.transforms import Preprocessing, TransformedImages, batch_mixer, eval_transform, train_transform
+from graft.errors import GraftError
 from graft.recipe import Recipe, TrainConfig
 from graft.runs import RunDirectory
 from graft.train.groups import Stage, apply_stage, optimizer_groups, trainable_names
@@ -165,7 +166,11 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
     best: Optional[dict[str, torch.Tensor]] = None
     if checkpoint is not None:
         state = LoopState(**checkpoint["state"]["loop"])
-        model.load_state_dict(checkpoint["model"])
+        try:
+            model.load_state_dict(checkpoint["model"])
+        except RuntimeError as error:  # recipe.yaml edited to another backbone since the checkpoint was written
+            raise GraftError(f"{run.work / 'checkpoint'}: does not fit the recipe's model ({str(error).splitlines()[-1].strip()}); "
+                             "put recipe.yaml back as it was, or remove the checkpoint to restart") from None
         best = checkpoint["best"]
     # the epochs of earlier processes come back with the checkpoint: a resumed run's history is the whole run's
     history: list[dict[str, Any]] = list(checkpoint["state"].get("history", [])) if checkpoint is not None else []
