@@ -402,6 +402,8 @@ RESUME_DAMAGE = {
     "tag in recipe.yaml": (_resume_edit("recipe.yaml", "train: !!python/object/apply:os.system [ls]\n"), "recipe.yaml"),
     "bad value in recipe.yaml": (_resume_edit("recipe.yaml", "train:\n  lr: -1\n"), "train.lr"),
     "binary recipe.yaml": (_resume_edit("recipe.yaml", b"\xff\xfe\x00\x01"), "recipe.yaml"),
+    "recipe.yaml of another backbone": (lambda work: (work / "recipe.yaml").write_text(
+        (work / "recipe.yaml").read_text().replace("graft_convnet_s", "graft_convnet_m")), "does not fit the recipe's model"),
 }
 
 
@@ -545,6 +547,8 @@ def test_csv_with_bom_header_and_outside_paths(tmp_path, capsys, caplog):
     assert code == 0, err
     assert json.loads((tmp_path / "run" / "model.json").read_text())["classes"] == ["a", "b"]  # no phantom 'class' class
     assert "12 paths lie outside the CSV's folder" in caplog.text  # logger 'graft': stderr when nothing else handles it
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert len(meta["files_outside_data_folder"]) == 12 and "store/a/0.png" in (tmp_path / "run" / "report.html").read_text()
 
 
 def test_unlabelled_images_are_warned_and_odd_class_names_drawn_as_text(tmp_path, capsys, caplog):

@@ -151,7 +151,8 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
     metrics.update(run.returned_model(result.history))  # of the model returned (e.g. lpft's probe), not the best epoch
     metrics["seconds"] = round(time.time() - started, 2)
     meta = {"backbone": base_backbone, "route": recipe.route, "classes": train.classes, "preprocessing": pre.to_dict(),
-            "metrics": metrics, "info": result.info, "skipped_files": [{"file": f, "reason": r} for f, r in train.skipped],
+            "metrics": metrics, "history": result.history, "info": result.info, "skipped_files": [{"file": f, "reason": r} for f, r in train.skipped],
+            "files_outside_data_folder": train.outside,
             "recipe": recipe.to_dict(), "multilabel": train.multilabel}
     run.save_model(model, meta)
     if evaluation is not None and run.writer:
@@ -198,6 +199,8 @@ def write_run_report(folder: Path, meta: dict[str, Any], evaluation: Optional[Ev
         images.append(save_figure(plot_curves(history), folder / "curves.png"))
     if meta.get("skipped_files"):
         sections.append(("Skipped files", table(meta["skipped_files"])))
+    if meta.get("files_outside_data_folder"):
+        sections.append(("Files outside the CSV's folder", table([{"file": f} for f in meta["files_outside_data_folder"]])))
     return write_html(folder / "report.html", f"graft run: {meta['route']} on {meta['backbone']}", sections, images)
 
 

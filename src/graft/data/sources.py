@@ -44,6 +44,7 @@ class ImageSet:
     targets: Optional[np.ndarray] = None
     boxes: Optional[list[np.ndarray]] = None
     clipped_boxes: int = 0  # boxes that reached outside their image and were clipped to it
+    outside: list[str] = field(default_factory=list)  # CSV paths outside the CSV's folder: allowed, listed in the run's report
 
     @property
     def multilabel(self) -> bool:
@@ -71,6 +72,7 @@ class ImageSet:
             targets=None if self.targets is None else self.targets[indices],
             boxes=None if self.boxes is None else [self.boxes[i] for i in indices],
             clipped_boxes=self.clipped_boxes,
+            outside=self.outside,
         )
 
     def fingerprint(self) -> str:
@@ -269,6 +271,7 @@ def load_images(source: str | Path | ImageSet, classes: Optional[list[str]] = No
         elif path.suffix.lower() == ".csv":
             files, names = _read_csv(path)
             images = _files_to_set(files, names, str(path))
+            images.outside = [str(f) for f, _ in files if not _inside(f, path.parent)]
         elif path.suffix.lower() == ".npz":
             images = _read_npz(path, classes)
         else:
