@@ -73,9 +73,7 @@ def cached_features(model: nn.Module, images: ImageSet, pre: Preprocessing, batc
         if problem is None:
             return features, True
         # a damaged entry (killed writer, disk full, edited by hand) would fail every later run: drop it and extract again
-        message = f"feature cache entry {path} is damaged ({problem}); deleted, extracting again"
-        log.warning(message)
-        (reporter or Reporter(quiet=True)).print(f"[yellow]{message}[/]")
+        log.warning("feature cache entry %s is damaged (%s); deleted, extracting again", path, problem)
         path.unlink(missing_ok=True)
     features = extract_features(model, images, pre, batch_size, reporter, channels_last)
     path.parent.mkdir(parents=True, exist_ok=True)
