@@ -225,16 +225,6 @@ NPZ_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
 }
 
 
-@pytest.mark.parametrize("case", NPZ_CASES)
-def test_bad_npz_is_one_line(case, tmp_path, capsys):
-    build, names = NPZ_CASES[case]
-    data = tmp_path / "data.npz"
-    build(data)
-    code, _, err = run_cli(["fit", data, *TINY, "--out", tmp_path / "run"], capsys)
-    assert_one_line_error(code, err, str(data))
-    assert names in err and not partials(tmp_path) and not (tmp_path / "run").exists()
-
-
 def _csv(text: str | bytes, images: bool = True) -> Callable[[Path], None]:
     def build(path: Path) -> None:
         if images:
@@ -253,16 +243,6 @@ CSV_CASES = {
     "all missing": (_csv("nope/1.png,a\nnope/2.png,b\n", images=False), "no readable images (skipped 2)"),
     "one class": (_csv("".join(f"imgs/a/{i}.png,a\n" for i in range(6))), "at least two"),
 }
-
-
-@pytest.mark.parametrize("case", CSV_CASES)
-def test_bad_csv_is_one_line(case, tmp_path, capsys):
-    build, names = CSV_CASES[case]
-    data = tmp_path / "data.csv"
-    build(data)
-    code, _, err = run_cli(["fit", data, *TINY, "--out", tmp_path / "run"], capsys)
-    assert_one_line_error(code, err, str(data))
-    assert names in err and not partials(tmp_path)
 
 
 def _folder_no_classes(root: Path) -> None:
@@ -291,14 +271,18 @@ FOLDER_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", FOLDER_CASES)
-def test_bad_folder_is_one_line(case, tmp_path, capsys):
-    build, names = FOLDER_CASES[case]
-    data = tmp_path / ("data.txt" if case == "unknown suffix" else "data")
+DATA_CASES = {**{f"npz {k}": ("data.npz", *v) for k, v in NPZ_CASES.items()}, **{f"csv {k}": ("data.csv", *v) for k, v in CSV_CASES.items()},
+              **{f"folder {k}": ("data.txt" if k == "unknown suffix" else "data", *v) for k, v in FOLDER_CASES.items()}}
+
+
+@pytest.mark.parametrize("case", DATA_CASES)
+def test_bad_data_is_one_line(case, tmp_path, capsys):
+    name, build, names = DATA_CASES[case]
+    data = tmp_path / name
     build(data)
     code, _, err = run_cli(["fit", data, *TINY, "--out", tmp_path / "run"], capsys)
     assert_one_line_error(code, err, str(data))
-    assert names in err and not partials(tmp_path)
+    assert names in err and not partials(tmp_path) and not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("flag", ["--test", "--val"])
