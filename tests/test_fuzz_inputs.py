@@ -461,6 +461,8 @@ ARGUMENT_CASES = {
     "evaluate unlabelled": (lambda run, tmp: ["evaluate", run, write_npz(tmp / "u.npz", images=_images())], "have no label"),
     "evaluate --task": (lambda run, tmp: ["evaluate", run, toy(tmp / "t.npz"), "--task", "3"], "not a multi-task run"),
     "predict --task": (lambda run, tmp: ["predict", run, _png(tmp), "--task", "a"], "not a multi-task run"),
+    "scenes --count -1": (lambda run, tmp: ["scenes", toy(tmp / "t.npz"), tmp / "s", "--count", "-1"], "--count -1"),
+    "scenes --size 0": (lambda run, tmp: ["scenes", toy(tmp / "t.npz"), tmp / "s", "--size", "0"], "--size 0"),
 }
 
 

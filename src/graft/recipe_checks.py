@@ -18,7 +18,6 @@ Rule = tuple[Callable[[Any], bool], str]
 PRECISIONS = ("64-true", "64", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true",
               "transformer-engine", "transformer-engine-float16")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "dp", "fsdp", "deepspeed", "single_device")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # what graft.data.transforms maps onto torchvision's modes
 MAX_IMAGE_SIZE = 4096  # a 100,000-px side asks torch for tens of GB per batch
 
@@ -120,7 +119,6 @@ RULES: dict[str, Rule] = {
     "grow.lwf_temperature": POSITIVE,
     "runtime.seed": between(0, 2**32 - 1),  # numpy and Fabric's seed_everything take unsigned 32-bit seeds
     "runtime.accelerator": one_of(*ACCELERATORS),
-    "runtime.strategy": one_of(*STRATEGIES),
     "runtime.precision": one_of(*PRECISIONS),
     "runtime.threads": optional(COUNT),
     "exemplar.classes": COUNT,
@@ -156,6 +154,7 @@ def check_recipe(values: dict[str, Any]) -> None:
     _check_stages(values["train"]["stages"])
     _check_preset(values["train"]["augment"]["preset"])
     _check_devices_text(values["runtime"]["devices"])
+    _check_strategy(values["runtime"]["strategy"])
 
 
 def _check_stages(spec: str) -> None:
@@ -172,6 +171,14 @@ def _check_preset(preset: str) -> None:
 
     if preset not in PRESETS:
         raise GraftError(f"recipe key 'train.augment.preset' is {preset!r}; allowed: one of {', '.join(PRESETS)}", key="train.augment.preset")
+
+
+def _check_strategy(strategy: str) -> None:
+    from lightning_fabric.strategies import STRATEGY_REGISTRY
+
+    if strategy != "auto" and strategy not in STRATEGY_REGISTRY:
+        raise GraftError(f"recipe key 'runtime.strategy' is {strategy!r}; allowed: auto or one of Fabric's strategies "
+                         f"({', '.join(sorted(STRATEGY_REGISTRY)[:6])}, ...)", key="runtime.strategy")
 
 
 def _check_devices_text(devices: str) -> None:

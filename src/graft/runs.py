@@ -221,7 +221,7 @@ class RunDirectory:
         training loop's last 'returned' record; routes without that loop report their best epoch."""
         returned = [r for r in self.records() if r.get("event") == "returned"]
         if returned:
-            return {"val_accuracy": returned[-1]["val_accuracy"], "returned_epoch": returned[-1]["epoch"]}
+            return {"val_accuracy": returned[-1]["val_accuracy"], "returned_epoch": returned[-1]["returned_epoch"]}
         if history and "val_accuracy" in history[0]:
             return {"val_accuracy": max(h["val_accuracy"] for h in history)}
         return {}

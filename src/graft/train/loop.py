@@ -254,5 +254,5 @@ def train_stages(fabric: Fabric, model: nn.Module, stages: Sequence[Stage], trai
         model.load_state_dict(best)
         # which epoch the returned weights are (0: the starting model, e.g. lpft's probe), counted over this history
         epoch = next((i + 1 for i, r in enumerate(history) if [r["stage"], r["epoch"]] == state.best_at), 0)
-        run.log(event="returned", epoch=epoch, val_accuracy=state.best_accuracy, val_loss=state.best_loss)
+        run.log(event="returned", returned_epoch=epoch, val_accuracy=state.best_accuracy, val_loss=state.best_loss)
     return history
