@@ -25,6 +25,7 @@ from graft.data.transforms import Preprocessing
 from graft.errors import GraftError
 from graft.exemplar import SurrogateCopies, check_patch_source, sample_seed_patches
 from graft.recipe import Recipe
+from graft.run_files import resume_recipe
 from graft.runs import Run, RunDirectory, default_run_path, load_run
 from graft.train.groups import Stage, parse_stages
 from graft.train.loop import train_stages
@@ -66,7 +67,7 @@ def _pretrain_exemplar(data: Any, arch: Optional[str], out: Optional[str | Path]
                        quiet: bool, resume: Optional[str | Path], callbacks: Sequence[Callable[[dict[str, Any]], None]]) -> Run:
     if resume is not None:
         _, recipe = RunDirectory.reopen(resume)
-        recipe = recipe.override(list(overrides))
+        recipe = resume_recipe(recipe, list(overrides), Path(resume))  # changes to a half-done run are refused, named
     else:
         recipe = resolve_recipe(recipe, [*EXEMPLAR_DEFAULTS, *overrides], route="exemplar", **{
             "model.backbone": arch, "model.pretrained": False, "data.train": _as_path(data),
