@@ -10,7 +10,6 @@ import csv
 import hashlib
 import logging
 import os
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
