@@ -130,7 +130,28 @@ def test_sigkill_then_resume_equals_uninterrupted(mode, route, references, tmp_p
     assert without_seconds([meta_a["metrics"]]) == without_seconds([meta_b["metrics"]])
     assert without_seconds(meta_a["history"]) == without_seconds(meta_b["history"])  # the whole run's epochs
     assert len(meta_b["history"]) == (3 if route == "scratch" else 2)
-    assert meta_b["metrics"]["seconds"] > 0
+    # seconds cover every process: at least the epochs' own seconds, those of the killed process included
+    assert meta_b["metrics"]["seconds"] >= sum(h["seconds"] for h in meta_b["history"])
+
+
+def test_resume_from_another_folder(tmp_path, monkeypatch):
+    """recipe.yaml keeps absolute data paths: a run started with a relative path resumes from anywhere."""
+    import graft
+
+    images, labels = make_images(30, 3)
+    np.savez(tmp_path / "d.npz", images=images, labels=labels)
+
+    def interrupt(record: dict) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # conftest runs each test inside tmp_path: "d.npz" is relative to it
+        graft.fit("d.npz", route="scratch", backbone="graft_convnet_s", out="cut", quiet=True, callbacks=[interrupt],
+                  overrides=["data.image_size=16", "model.channels_last=false", "train.min_steps=0", "train.stages=all:2"])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    run = graft.fit(resume=tmp_path / "cut", quiet=True)
+    assert run.meta["recipe"]["data"]["train"] == str(tmp_path / "d.npz") and len(run.meta["history"]) == 2
 
 
 def test_corrupt_cache_entry_is_repaired(tmp_path, caplog):

@@ -205,16 +205,15 @@ class RunDirectory:
         return records
 
     def seconds_before(self) -> float:
-        """Seconds spent by the earlier processes of a resumed run: the spans of metrics.jsonl between 'resume' records."""
+        """Seconds spent by the earlier processes of a run being resumed (call it before this process logs): the time
+        each process spent between its first and last record of metrics.jsonl; each resumed process starts at a 'resume'."""
         spans, first, last = 0.0, None, None
         for record in self.records():
-            if record.get("event") == "resume":
-                spans += (last - first) if first is not None else 0.0
-                first = last = None
-                continue
+            if record.get("event") == "resume" and first is not None:
+                spans, first = spans + (last - first), None
             first = record["time"] if first is None else first
             last = record["time"]
-        return spans
+        return spans + (last - first if first is not None else 0.0)
 
     def returned_model(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         """Validation accuracy of the model a route returned and which epoch it is (0: the starting model), from the
