@@ -365,6 +365,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from graft.api import predict
 
+    if args.top_k < 1:
+        raise GraftError(f"--top-k {args.top_k}: give how many classes to list, 1 or more")
     results = predict(args.run, args.images, top_k=args.top_k, task=args.task, precision=args.precision, accelerator=args.accelerator)
     if args.format == "json":
         print(json.dumps(results))
@@ -433,12 +435,23 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "analyze": _analyze, "compare": _compare, "advise": _advise}
 
 
+def _flag_hint(error: GraftError, argv: Optional[Sequence[str]]) -> str:
+    """' (flag --lr)' when the error is about a recipe key that has a flag, so the line names what the user typed."""
+    flag = next((flag for flag, (key, _, _) in FIT_FLAGS.items() if key == error.key), None)
+    if error.key is None:
+        return ""
+    given = list(sys.argv[1:] if argv is None else argv)
+    if flag and any(word == flag or word.startswith(flag + "=") for word in given):
+        return f" (flag {flag})"
+    return f" (--set {error.key}=VALUE)"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = _parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
     except GraftError as error:
-        print(f"graft: error: {error}", file=sys.stderr)
+        print(f"graft: error: {error}{_flag_hint(error, argv)}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

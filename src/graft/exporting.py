@@ -1,6 +1,7 @@
 """Export a finished run to ONNX, TorchScript or a timm folder, and check the copy computes what PyTorch computes."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,6 +26,8 @@ def export_model(run: Run, format: str, out: Optional[Path], atol: float) -> dic
     """Write the model (input: normalised (B, 3, S, S) float32 batch; output: logits) and compare outputs.
 
     ``format="timm"`` writes a folder plain timm loads instead (:mod:`graft.timm_export`)."""
+    if not (isinstance(atol, (int, float)) and math.isfinite(atol) and atol >= 0):
+        raise GraftError(f"--atol {atol}: the tolerance must be a finite number >= 0, e.g. --atol 1e-4")
     spec = find_route(run.meta["route"])
     # the route's export hook gives the network that answers what `graft predict` answers, or refuses with the reason
     model = spec.export(run) if spec is not None and spec.export is not None else run.model
@@ -32,6 +35,9 @@ def export_model(run: Run, format: str, out: Optional[Path], atol: float) -> dic
         from graft.timm_export import export_timm
 
         return export_timm(run, out, atol)
+    if out is not None and (out.is_dir() or not out.parent.is_dir()):
+        problem = "is a folder" if out.is_dir() else f"is in a missing folder {out.parent}"
+        raise GraftError(f"--out {out}: {problem}; give a file path in an existing folder (e.g. --out {run.path}/model.onnx)")
     model = model.eval().to(memory_format=torch.contiguous_format)
     size = run.preprocessing.size
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))

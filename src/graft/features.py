@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -21,6 +22,8 @@ from graft.console import Reporter
 from graft.data.sources import ImageSet
 from graft.data.transforms import Preprocessing, TransformedImages, eval_transform
 from graft.placement import Placement
+
+log = logging.getLogger("graft")
 
 
 def cache_dir() -> Path:
@@ -65,16 +68,40 @@ def cached_features(model: nn.Module, images: ImageSet, pre: Preprocessing, batc
                     placement: Placement = Placement()) -> tuple[np.ndarray, bool]:
     """Features from the disk cache when present, else extracted and stored. Returns (features, was_cached).
 
-    Features extracted under a reduced precision are cached apart (their key names it); float32 keys are unchanged."""
-    if not use_cache:
+    Features extracted under a reduced precision are cached apart (their key names it); float32 keys are unchanged.
+    A damaged entry is reported, deleted and extracted again."""
+    if not use_cache or len(images) == 0:
         return extract_features(model, images, pre, batch_size, reporter, channels_last, placement), False
     key = hashlib.sha256(json.dumps([weights_hash(model), pre.to_dict(), images.fingerprint(), "v1", *placement.cache_tag()]).encode()).hexdigest()[:24]
     path = cache_dir() / "features" / f"{key}.npy"
     if path.exists():
-        return np.load(path), True
+        features, problem = _read_entry(path, len(images), _feature_width(model, images, pre, channels_last, placement))
+        if problem is None:
+            return features, True
+        # a damaged entry (killed writer, disk full, edited by hand) would fail every later run: drop it and extract again
+        log.warning("feature cache entry %s is damaged (%s); deleted, extracting again", path, problem)
+        path.unlink(missing_ok=True)
     features = extract_features(model, images, pre, batch_size, reporter, channels_last, placement)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
         np.save(handle, features)
     os.replace(handle.name, path)
     return features, False
+
+
+def _feature_width(model: nn.Module, images: ImageSet, pre: Preprocessing, channels_last: bool, placement: Placement) -> int:
+    """D of ``model``'s pooled features, from one image (cheap next to the N an entry saves)."""
+    return int(extract_features(model, images.subset([0]), pre, 1, None, channels_last, placement).shape[1])
+
+
+def _read_entry(path: Path, rows: int, width: int) -> tuple[Optional[np.ndarray], Optional[str]]:
+    """(features, None) when the entry at ``path`` is a finite float32 (rows, width) array, else (None, why not)."""
+    try:
+        features = np.load(path, allow_pickle=False)
+    except Exception as error:  # truncated files raise ValueError, EOFError or OSError; object arrays need pickle (refused)
+        return None, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'unreadable'}"
+    if not isinstance(features, np.ndarray) or features.dtype != np.float32 or features.shape != (rows, width):
+        return None, f"holds {getattr(features, 'dtype', type(features).__name__)} {getattr(features, 'shape', '')}, expected float32 ({rows}, {width})"
+    if not np.isfinite(features).all():
+        return None, "holds NaN or infinite values"
+    return features, None

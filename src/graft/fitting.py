@@ -15,6 +15,7 @@ from graft.multilabel import evaluate_scores
 from graft.recipe import Recipe
 from graft.routes import Context, find_route, get_route, route_names
 from graft.routes.grow import DEFAULT_GROW_ROUTE
+from graft.run_files import resume_recipe
 from graft.runs import Run, RunDirectory, load_run
 
 
@@ -30,7 +31,7 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
     """
     if resume is not None:
         _, recipe = RunDirectory.reopen(resume)
-        recipe = recipe.override(list(overrides))
+        recipe = resume_recipe(recipe, list(overrides), Path(resume))
     else:
         # the route's own defaults go before the caller's overrides (the route is known once the recipe names it)
         named = find_route(resolve_recipe(recipe, (), route=route).route)  # None: refused below with the list of routes
@@ -54,7 +55,7 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
         probe.model()
         return None
 
-    run, checkpoint, prepared = life.open_run(resume, prepare)
+    run, checkpoint, prepared = life.open_run(resume, prepare, {"train": train, "val": val_set, "test": test_set})
     experiment.start(run.work, run.path.name, run.writer)
     context = Context(recipe, life.fabric, train, val_set, test_set, run, reporter, [*callbacks, experiment], checkpoint, unlabeled, prepared,
                       life.started)
@@ -65,6 +66,10 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
         result = spec.fit(context)
     except KeyboardInterrupt:
         life.interrupted(run, "graft fit")
+        raise
+    except Exception:
+        if resume is None:  # nothing trained yet: leave no .partial that --resume would only fail on again
+            run.discard_if_untrained()
         raise
     model = result.model.eval()
     pre = result.preprocessing or context.preprocessing(model)
@@ -79,11 +84,12 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
         else:
             evaluation = evaluate_logits(logits, test_set.labels, test_set.classes)
             metrics.update(test_accuracy=evaluation.accuracy, test_count=evaluation.count)
-    if spec.labelled and result.history and "val_accuracy" in result.history[0]:
-        metrics["val_accuracy"] = max(h["val_accuracy"] for h in result.history)
+    if spec.labelled:
+        metrics.update(run.returned_model(result.history))  # of the model returned (e.g. lpft's probe), not the best epoch
     metrics = {"seconds": round(time.time() - life.started, 2), **metrics, **result.metrics}
     meta = {"backbone": base_backbone, "route": recipe.route, "classes": result.classes or train.classes, "preprocessing": pre.to_dict(),
-            "metrics": metrics, "info": result.info, "skipped_files": [{"file": f, "reason": r} for f, r in train.skipped],
+            "metrics": metrics, "history": result.history, "info": result.info,
+            "skipped_files": [{"file": f, "reason": r} for f, r in train.skipped], "files_outside_data_folder": train.outside,
             "recipe": recipe.to_dict(), "multilabel": train.multilabel}
     return life.finish_run(run, model, meta, evaluation, result.history, splits={"train": train, "val": val_set, "test": test_set},
                            experiment=experiment)

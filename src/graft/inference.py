@@ -98,7 +98,8 @@ def predict(run: str | Path | Run, images: Sequence[str | Path] | ImageSet, top_
         paths = [Path(p) for p in images]
         for path in paths:
             if not path.is_file():
-                raise GraftError(f"{path}: image not found; give existing image files")
+                what = "is a folder" if path.is_dir() else "image not found"
+                raise GraftError(f"{path}: {what}; give image files (e.g. {path}/*.png for a folder's images)")
         images = ImageSet(run.classes, np.full(len(paths), -1, np.int64), paths=paths, origin="predict")
     probabilities = run_probabilities(run, run_scores(run, images, placement=life.placement))
     k = min(top_k, len(run.classes))

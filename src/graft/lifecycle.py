@@ -27,6 +27,7 @@ from graft.model_card import write_model_card
 from graft.multilabel import MultiLabelEvaluation
 from graft.placement import Placement
 from graft.recipe import Recipe
+from graft.recipe_checks import check_devices
 from graft.report import plot_confusion, plot_curves, save_figure, table, write_html
 from graft.routes import find_route, route_names
 from graft.runs import Run, RunDirectory, default_run_path, load_run
@@ -35,6 +36,7 @@ from graft.runs import Run, RunDirectory, default_run_path, load_run
 def start_fabric(recipe: Recipe) -> Fabric:
     """The Fabric object of ``recipe.runtime`` (launched: DDP processes start here)."""
     runtime = recipe.runtime
+    check_devices(runtime.accelerator, runtime.devices)  # a missing GPU is one line here, not Fabric's traceback
     devices: Any = int(runtime.devices) if runtime.devices.isdigit() else runtime.devices
     fabric = Fabric(accelerator=runtime.accelerator, devices=devices, strategy=runtime.strategy, precision=runtime.precision)
     fabric.launch()
@@ -131,19 +133,26 @@ class Lifecycle:
         self.reporter.print(f"unlabelled: {len(images)} images from {images.origin}" + (f"; skipped {len(images.skipped)} unreadable files" if images.skipped else ""))
         return images
 
-    def open_run(self, resume: Optional[str | Path], prepare: Callable[[RunDirectory], Any] = lambda run: None
-                 ) -> tuple[RunDirectory, Optional[dict[str, Any]], Any]:
+    def open_run(self, resume: Optional[str | Path], prepare: Callable[[RunDirectory], Any] = lambda run: None,
+                 data: Optional[dict[str, Optional[ImageSet]]] = None) -> tuple[RunDirectory, Optional[dict[str, Any]], Any]:
         """The run directory, its checkpoint and what ``prepare`` returned: ``resume``'s run (logged; nothing
         prepared), or a new one at ``runtime.out`` (default runs/ROUTE-BACKBONE-TIME) once ``prepare(final directory,
-        not yet written)`` has passed (it refuses bad input before anything is written)."""
+        not yet written)`` has passed (it refuses bad input before anything is written). The fingerprints of ``data``
+        (the image sets) are recorded in a new run and checked against a resumed one's."""
         if resume is not None:
             run, _ = RunDirectory.reopen(resume, self.writer)
+            if data is not None:
+                run.check_data(data)  # other images than the run started on are refused
+            self.started -= run.seconds_before()  # model.json's seconds cover every process of the run
             checkpoint = run.load_checkpoint()
             run.log(event="resume", from_checkpoint=checkpoint is not None)
             return run, checkpoint, None
         final = Path(self.recipe.runtime.out) if self.recipe.runtime.out else default_run_path(self.recipe)
         prepared = prepare(RunDirectory(final, False))
-        return RunDirectory.create(final, self.recipe, self.writer), None, prepared
+        run = RunDirectory.create(final, self.recipe, self.writer)
+        if data is not None:
+            run.check_data(data)
+        return run, None, prepared
 
     def interrupted(self, run: RunDirectory, command: str) -> None:
         self.reporter.print(f"[yellow]interrupted[/]; continue with: {command} --resume {run.path}")
@@ -184,6 +193,8 @@ def write_run_report(folder: Path, meta: dict[str, Any], evaluation: Optional[Ev
         images.append(save_figure(plot_curves(history), folder / "curves.png"))
     if meta.get("skipped_files"):
         sections.append(("Skipped files", table(meta["skipped_files"])))
+    if meta.get("files_outside_data_folder"):
+        sections.append(("Files outside the CSV's folder", table([{"file": f} for f in meta["files_outside_data_folder"]])))
     return write_html(folder / "report.html", f"graft run: {meta['route']} on {meta['backbone']}", sections, images)
 
 

@@ -201,7 +201,7 @@ class GrowConfig:
         import re
 
         if not re.fullmatch(r"new|all|top-\d+", self.train):
-            raise GraftError(f"grow.train '{self.train}' must be new, top-1, top-2 (or top-K) or all; e.g. --train top-1")
+            raise GraftError(f"grow.train '{self.train}' must be new, top-1, top-2 (or top-K) or all; e.g. --train top-1", key="grow.train")
 
 
 @dataclass
@@ -244,16 +244,27 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Recipe":
-        return _build(cls, values, "")
+        return _build(cls, values, "").validate()
+
+    def validate(self) -> "Recipe":
+        """Check every value against its allowed range (:mod:`graft.recipe_checks`); return self."""
+        from graft.recipe_checks import check_recipe
+
+        check_recipe(self.to_dict())
+        return self
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Recipe":
         path = Path(path)
         try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise GraftError(f"{path}: cannot read recipe ({error}); give a YAML file like a run's recipe.yaml") from error
-        return cls.from_dict(values)
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            reason = " ".join(str(error).split())  # YAML errors span several lines; the message is one
+            raise GraftError(f"{path}: cannot read recipe ({reason}); give a YAML file like a run's recipe.yaml") from None
+        try:
+            return cls.from_dict(values)
+        except GraftError as error:  # name the file the bad key came from
+            raise GraftError(f"{path}: {error}", key=error.key) from None
 
     def override(self, assignments: list[str]) -> "Recipe":
         """Return a copy with ``section.key=value`` assignments applied (values parsed as YAML)."""
@@ -270,7 +281,11 @@ class Recipe:
                 target = target[part]
             if parts[-1] not in target:
                 raise GraftError(f"override '{assignment}': unknown key '{key}'; known: {', '.join(target)}")
-            target[parts[-1]] = yaml.safe_load(raw)
+            try:
+                target[parts[-1]] = yaml.safe_load(raw)
+            except yaml.YAMLError as error:  # tags (!!python/...) are refused by safe_load: name the key, not the parser
+                reason = str(error).splitlines()[0]
+                raise GraftError(f"override '{assignment}': value is not plain YAML ({reason}); give a number, word or [list]") from None
         return Recipe.from_dict(values)
 
 
@@ -303,14 +318,14 @@ def _check(hint: Any, value: Any, where: str) -> Any:
                 return _check(arg, value, where)
             except GraftError as error:
                 errors.append(str(error))
-        raise GraftError(errors[0])
+        raise GraftError(errors[0], key=where)
     if origin is Literal:
         if value not in typing.get_args(hint):
-            raise GraftError(f"recipe key '{where}' must be one of {list(typing.get_args(hint))}, got {value!r}")
+            raise GraftError(f"recipe key '{where}' must be one of {list(typing.get_args(hint))}, got {value!r}", key=where)
         return value
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise GraftError(f"recipe key '{where}' must be a list, got {value!r}")
+            raise GraftError(f"recipe key '{where}' must be a list, got {value!r}", key=where)
         (item,) = typing.get_args(hint)
         return [_check(item, v, where) for v in value]
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -324,4 +339,4 @@ def _check(hint: Any, value: Any, where: str) -> Any:
         return str(value)
     if hint in (int, bool, str) and type(value) is hint:
         return value
-    raise GraftError(f"recipe key '{where}' must be {getattr(hint, '__name__', hint)}, got {value!r}")
+    raise GraftError(f"recipe key '{where}' must be {getattr(hint, '__name__', hint)}, got {value!r}", key=where)

@@ -27,8 +27,9 @@ def plot_confusion(confusion: np.ndarray, classes: Sequence[str], ax: Optional[A
     ax = ax or new_axes(1 + 0.5 * len(classes), 1 + 0.45 * len(classes))
     rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(classes)), classes, rotation=90)
-    ax.set_yticks(range(len(classes)), classes)
+    # class names are text, not TeX: a name like '$\frac$' would make matplotlib's mathtext fail at the run's last step
+    ax.set_xticks(range(len(classes)), classes, rotation=90, parse_math=False)
+    ax.set_yticks(range(len(classes)), classes, parse_math=False)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if len(classes) <= 20:
@@ -63,7 +64,8 @@ def plot_embedding(points: np.ndarray, labels: np.ndarray, classes: Sequence[str
     ax.set_yticks([])
     ax.set_title(title)
     if len(classes) <= 20:
-        ax.legend(fontsize=7, markerscale=2, loc="best")
+        for text in ax.legend(fontsize=7, markerscale=2, loc="best").get_texts():
+            text.set_parse_math(False)  # class names are text, not TeX
     return ax
 
 

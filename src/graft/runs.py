@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from graft.errors import GraftError
 from graft.recipe import Recipe
+from graft.run_files import absolute_paths, read_json, read_tensors
 
 
 def partial_path(final: Path) -> Path:
@@ -85,13 +86,18 @@ class RunDirectory:
     @classmethod
     def create(cls, final: Path, recipe: Recipe, writer: bool = True) -> "RunDirectory":
         run = cls(final, writer)
+        if run.path.is_file() or (run.path.exists() and not run.path.is_dir()):
+            raise GraftError(f"{run.path}: --out names an existing file; give a new folder name")
         if run.path.exists():
             raise GraftError(f"{run.path}: run directory already exists; choose another --out or remove it")
         if writer:
             if run.work.exists():
                 raise GraftError(f"{run.work}: an interrupted run is there; continue it with `graft fit --resume {run.path}` or remove it")
-            run.work.mkdir(parents=True)
-            _atomic_write(run.work / "recipe.yaml", recipe.to_yaml())
+            try:
+                run.work.mkdir(parents=True)
+            except OSError as error:
+                raise GraftError(f"{run.path}: cannot create the run directory ({error.strerror}); give a writable --out") from None
+            _atomic_write(run.work / "recipe.yaml", absolute_paths(recipe).to_yaml())
             _atomic_write(run.work / "env.json", json.dumps(environment(), indent=2))
         return run
 
@@ -103,7 +109,9 @@ class RunDirectory:
             path = path.parent / path.name[1: -len(".partial")]
         run = cls(path, writer)
         if run.path.exists() and not run.work.exists():
-            raise GraftError(f"{run.path}: this run is already complete; nothing to resume")
+            if (run.path / "model.json").exists():
+                raise GraftError(f"{run.path}: this run is already complete; nothing to resume")
+            raise GraftError(f"{run.path}: not a graft run (no {run.work.name} beside it); give the run directory `graft fit` printed")
         if not (run.work / "recipe.yaml").exists():
             raise GraftError(f"{run.work}: no interrupted run here (no recipe.yaml); check the path")
         return run, Recipe.from_yaml(run.work / "recipe.yaml")
@@ -142,14 +150,80 @@ class RunDirectory:
 
     def load_checkpoint(self) -> Optional[dict[str, Any]]:
         """The last checkpoint as {"model", "best", "optimizer", "state"}, or None."""
-        folder = self.work / "checkpoint"
-        if not (folder / "state.json").exists():
+        folder = self._complete_checkpoint()
+        if folder is None:
             return None
-        state = json.loads((folder / "state.json").read_text())
+        state = read_json(folder / "state.json", "--resume", dict)
+        if "param_groups" not in state or "loop" not in state:
+            raise GraftError(f"{folder / 'state.json'}: not a graft checkpoint state; remove {folder} to restart the run from its beginning")
         best = folder / "best.safetensors"
-        return {"model": load_file(str(folder / "model.safetensors")), "best": load_file(str(best)) if best.exists() else None,
-                "optimizer": _unflatten_optimizer(load_file(str(folder / "optimizer.safetensors")), state.pop("param_groups")),
+        fix = f"remove {folder} to restart the run from its beginning"
+        return {"model": read_tensors(folder / "model.safetensors", fix),
+                "best": read_tensors(best, fix) if best.exists() else None,
+                "optimizer": _unflatten_optimizer(read_tensors(folder / "optimizer.safetensors", fix), state.pop("param_groups")),
                 "state": state}
+
+    def _complete_checkpoint(self) -> Optional[Path]:
+        """The newest complete checkpoint folder. :meth:`save_checkpoint` writes ``checkpoint.tmp`` (state.json last),
+        renames ``checkpoint`` to ``checkpoint.old``, then ``checkpoint.tmp`` to ``checkpoint``: a kill between the two
+        renames leaves no ``checkpoint`` but a complete ``checkpoint.tmp``, which is the newer one."""
+        for name in ("checkpoint", "checkpoint.tmp", "checkpoint.old"):
+            if (self.work / name / "state.json").exists():
+                return self.work / name
+        return None
+
+    # --- what a resumed run must agree with ------------------------------------------------------
+    def check_data(self, sets: dict[str, Any]) -> None:
+        """Record the fingerprints of the run's image sets (``data.json``) at the start; on resume, refuse other images."""
+        prints = {name: images.fingerprint() for name, images in sets.items() if images is not None}
+        file = self.work / "data.json"
+        if not self.writer:
+            return
+        if not file.exists():
+            _atomic_write(file, json.dumps(prints, indent=2))
+            return
+        saved = read_json(file, "--resume", dict)
+        changed = sorted(name for name in set(saved) | set(prints) if saved.get(name) != prints.get(name))
+        if changed:
+            raise GraftError(f"{self.path}: the {' and '.join(changed)} images differ from those this run started with "
+                             f"(fingerprints in {file}); put the original data back or start a new run")
+
+    def discard_if_untrained(self) -> None:
+        """Remove a run folder that failed before any training was saved, so the same command can simply be run again."""
+        if self.writer and self.work.exists() and self._complete_checkpoint() is None and not (self.work / "parts").exists():
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every record of metrics.jsonl so far (a line cut short by a kill is left out)."""
+        file = self.work / "metrics.jsonl"
+        records = []
+        for line in file.read_text().splitlines() if file.exists() else []:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
+    def seconds_before(self) -> float:
+        """Seconds spent by the earlier processes of a run being resumed (call it before this process logs): the time
+        each process spent between its first and last record of metrics.jsonl; each resumed process starts at a 'resume'."""
+        spans, first, last = 0.0, None, None
+        for record in self.records():
+            if record.get("event") == "resume" and first is not None:
+                spans, first = spans + (last - first), None
+            first = record["time"] if first is None else first
+            last = record["time"]
+        return spans + (last - first if first is not None else 0.0)
+
+    def returned_model(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        """Validation accuracy of the model a route returned and which epoch it is (0: the starting model), from the
+        training loop's last 'returned' record; routes without that loop report their best epoch."""
+        returned = [r for r in self.records() if r.get("event") == "returned"]
+        if returned:
+            return {"val_accuracy": returned[-1]["val_accuracy"], "returned_epoch": returned[-1]["returned_epoch"]}
+        if history and "val_accuracy" in history[0]:
+            return {"val_accuracy": max(h["val_accuracy"] for h in history)}
+        return {}
 
     # --- finished parts of a route that trains several models in a row (pseudo-label rounds) --
     def save_part(self, name: str, model: nn.Module, meta: dict[str, Any]) -> None:
@@ -168,7 +242,8 @@ class RunDirectory:
         meta = self.work / "parts" / f"{name}.json"
         if not meta.exists():
             return None
-        return load_file(str(self.work / "parts" / f"{name}.safetensors")), json.loads(meta.read_text())
+        fix = f"remove {meta} to train that part again"
+        return read_tensors(self.work / "parts" / f"{name}.safetensors", fix), read_json(meta, "--resume", dict)
 
     # --- completion ---------------------------------------------------------------------------
     def save_model(self, model: nn.Module, meta: dict[str, Any]) -> None:
@@ -243,15 +318,23 @@ def load_run(path: str | Path) -> Run:
     if not meta_path.exists():
         hint = " (it was interrupted: `graft fit --resume` it)" if partial_path(path).exists() else ""
         raise GraftError(f"{path}: not a finished graft run{hint}; give a directory written by `graft fit`")
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path, "RUN", dict)
+    missing = [key for key in ("backbone", "classes", "preprocessing", "route") if key not in meta]
+    if missing or not isinstance(meta["classes"], list) or not meta["classes"]:
+        raise GraftError(f"{meta_path}: not a graft run description (missing or empty {missing or ['classes']}); "
+                         "give a directory written by `graft fit`")
     model = create_model(meta["backbone"], len(meta["classes"]), pretrained=False)
     import graft.growth  # noqa: F401 - registers the grown heads ("grow" kind) with graft.heads
     from graft.heads import restore_head
 
     restore_head(model, meta.get("info", {}).get("head"))  # adaptation layers (adapt, patches), grown networks (grow-*)
-    state = load_file(str(path / "model.safetensors"))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise GraftError(f"{path}/model.safetensors does not match backbone '{meta['backbone']}': {error}") from error
+    state = read_tensors(path / "model.safetensors", "copy the run again or train it again")
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [k for k, v in state.items() if k in expected and expected[k].shape != v.shape]
+    if missing or unexpected or wrong:  # one line, not torch's list of every mismatched tensor
+        raise GraftError(f"{path}/model.safetensors does not match backbone '{meta['backbone']}' ({len(missing)} tensors missing, "
+                         f"{len(unexpected)} unexpected, {len(wrong)} of another shape, e.g. {(missing + unexpected + wrong)[0]}); "
+                         "model.json and the weights come from different runs")
+    model.load_state_dict(state, strict=True)
     return Run(path, model.eval(), meta)

@@ -98,6 +98,8 @@ def build_scenes(objects: Any, out: str | Path, spec: SceneSpec = SceneSpec()) -
     low, high = spec.object_size
     if not 0 < low <= high <= 1:
         raise GraftError(f"object size range {spec.object_size} must satisfy 0 < min <= max <= 1 (fractions of the scene side)")
+    if spec.count < 1 or not 8 <= spec.size <= 4096:
+        raise GraftError(f"--count {spec.count} --size {spec.size}: give at least 1 scene and a side of 8 to 4096 pixels")
     if not 0 <= spec.objects_per_scene[0] <= spec.objects_per_scene[1]:
         raise GraftError(f"objects per scene {spec.objects_per_scene} must be 0 <= min <= max")
     source = load_images(objects)

@@ -5,16 +5,20 @@ integer labels indexing ``classes``. Corrupt files are named, skipped and counte
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import logging
+import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from graft.data.npz import check_class_names, check_labels, normalise_images, read_arrays
 from graft.errors import GraftError
 
 log = logging.getLogger("graft")
@@ -39,6 +43,7 @@ class ImageSet:
     targets: Optional[np.ndarray] = None
     boxes: Optional[list[np.ndarray]] = None
     clipped_boxes: int = 0  # boxes that reached outside their image and were clipped to it
+    outside: list[str] = field(default_factory=list)  # CSV paths outside the CSV's folder: allowed, listed in the run's report
 
     @property
     def multilabel(self) -> bool:
@@ -66,6 +71,7 @@ class ImageSet:
             targets=None if self.targets is None else self.targets[indices],
             boxes=None if self.boxes is None else [self.boxes[i] for i in indices],
             clipped_boxes=self.clipped_boxes,
+            outside=self.outside,
         )
 
     def fingerprint(self) -> str:
@@ -99,8 +105,10 @@ def to_rgb_uint8(image: Image.Image) -> np.ndarray:
 
 def read_image(path: Path) -> np.ndarray:
     try:
-        with Image.open(path) as image:
+        with _bombs_refused(), Image.open(path) as image:
             return to_rgb_uint8(image)
+    except Image.DecompressionBombError:
+        raise GraftError(f"{path}: {_bomb_reason(path)}; replace or remove the file") from None
     except (OSError, UnidentifiedImageError, ValueError) as error:
         raise GraftError(f"{path}: cannot read image ({error}); replace or remove the file") from error
 
@@ -108,10 +116,44 @@ def read_image(path: Path) -> np.ndarray:
 def _check_image(path: Path) -> Optional[str]:
     """Return why ``path`` is not a readable image, or None."""
     try:
-        with Image.open(path) as image:
+        with _bombs_refused(), Image.open(path) as image:
             image.load()
+    except Image.DecompressionBombError:
+        return _bomb_reason(path)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
         return f"not a readable image ({type(error).__name__}: {error})"
+    return None
+
+
+@contextlib.contextmanager
+def _bombs_refused() -> Iterator[None]:
+    """PIL warns above Image.MAX_IMAGE_PIXELS and raises above twice that: both mean 'do not decode this file'."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            yield
+        except Image.DecompressionBombWarning as warning:
+            raise Image.DecompressionBombError(str(warning)) from None
+
+
+def _bomb_reason(path: Path) -> str:
+    size = _declared_size(path)
+    declared = f"{size[0]}x{size[1]}" if size else "more than"
+    return f"declares {declared} pixels, above PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels (not decoded)"
+
+
+def _declared_size(path: Path) -> Optional[tuple[int, int]]:
+    """Width and height from the file's header, read by PIL's format plugins without Image.open's size check."""
+    Image.init()
+    with path.open("rb") as handle:
+        prefix = handle.read(16)
+        for name in Image.ID:
+            factory, accept = Image.OPEN[name]
+            if accept is not None and not accept(prefix):
+                continue
+            handle.seek(0)
+            with contextlib.suppress(Exception):
+                return factory(handle, str(path)).size
     return None
 
 
@@ -137,7 +179,9 @@ def _read_folder(root: Path) -> tuple[list[tuple[Path, str]], list[str]]:
         raise GraftError(f"{root}: no class sub-folders; put the images of each class in its own sub-folder")
     files = []
     for folder in folders:
-        members = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+        # a dangling symlink is neither file nor folder: keep it so it is skipped and listed like an unreadable file
+        members = sorted(p for p in folder.rglob("*") if (p.is_file() or (p.is_symlink() and not p.exists()))
+                         and not p.name.startswith("."))
         if not members:
             raise GraftError(f"{folder}: class folder has no images; add images or remove the folder")
         files.extend((p, folder.name) for p in members)
@@ -145,9 +189,16 @@ def _read_folder(root: Path) -> tuple[list[tuple[Path, str]], list[str]]:
 
 
 def _read_csv(path: Path) -> tuple[list[tuple[Path, str]], list[str]]:
-    with path.open(newline="") as handle:
-        rows = [row for row in csv.reader(handle) if row and not row[0].startswith("#")]
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
+    """Rows ``path,label`` (UTF-8, a byte-order mark is dropped); a first row whose path is neither an existing
+    file nor has an image suffix is a header (``path,label``, ``file,class`` ...) and is skipped."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = [row for row in csv.reader(handle) if row and not row[0].startswith("#")]
+    except UnicodeDecodeError as error:
+        raise GraftError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason}); save the CSV as UTF-8") from None
+    except csv.Error as error:
+        raise GraftError(f"{path}: not a readable CSV ({error}); write one 'path,label' line per image") from None
+    if rows and len(rows[0]) >= 2 and _is_header(rows[0][0].strip(), path.parent):
         rows = rows[1:]
     if not rows:
         raise GraftError(f"{path}: CSV has no rows; write one 'path,label' line per image")
@@ -155,24 +206,31 @@ def _read_csv(path: Path) -> tuple[list[tuple[Path, str]], list[str]]:
     for number, row in enumerate(rows, start=1):
         if len(row) < 2:
             raise GraftError(f"{path}: row {number} {row!r} is not 'path,label'")
+        if not row[1].strip():
+            raise GraftError(f"{path}: row {number} {row!r} has an empty label; give every image a class name")
         file = Path(row[0].strip())
         files.append((file if file.is_absolute() else path.parent / file, row[1].strip()))
+    outside = [str(f) for f, _ in files if not _inside(f, path.parent)]
+    if outside:  # allowed (a CSV may index a shared image store), but said, since it is easy to do by mistake
+        log.warning("%s: %d paths lie outside the CSV's folder %s (e.g. %s)", path, len(outside), path.parent, outside[0])
     return files, sorted({label for _, label in files})
 
 
+def _is_header(cell: str, folder: Path) -> bool:
+    candidate = Path(cell) if Path(cell).is_absolute() else folder / cell
+    return not candidate.exists() and Path(cell).suffix.lower() not in IMAGE_SUFFIXES
+
+
+def _inside(file: Path, folder: Path) -> bool:
+    return os.path.abspath(file).startswith(os.path.abspath(folder) + os.sep)
+
+
 def _read_npz(path: Path, classes: Optional[list[str]]) -> ImageSet:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if "images" not in npz:
-                raise GraftError(f"{path}: .npz has no 'images' array (keys: {list(npz.keys())}); save images=(N,H,W,3) uint8")
-            images = npz["images"]
-            labels = npz["labels"].astype(np.int64) if "labels" in npz else np.full(len(images), -1, np.int64)
-            names = [str(c) for c in npz["classes"]] if "classes" in npz else None
-    except (OSError, ValueError) as error:
-        raise GraftError(f"{path}: cannot read .npz ({error}); save it with numpy.savez") from error
-    images = _normalise_array(images, path)
-    if len(labels) != len(images):
-        raise GraftError(f"{path}: {len(images)} images but {len(labels)} labels; give one label per image")
+    arrays = read_arrays(path)
+    images = _normalise_array(arrays["images"], path)
+    labels = check_labels(arrays["labels"], len(images), path) if "labels" in arrays else np.full(len(images), -1, np.int64)
+    names = [str(c) for c in np.atleast_1d(arrays["classes"])] if "classes" in arrays else None
+    check_class_names(names, path)
     if names is None:
         names = classes or [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0)]
     bad = sorted(set(labels[(labels < -1) | (labels >= len(names))].tolist()))
@@ -182,23 +240,8 @@ def _read_npz(path: Path, classes: Optional[list[str]]) -> ImageSet:
 
 
 def _normalise_array(images: np.ndarray, path: Path) -> np.ndarray:
-    """(N,H,W), (N,H,W,1|3|4) of uint8/uint16/float -> (N,H,W,3) uint8."""
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-        raise GraftError(f"{path}: images have shape {images.shape}; expected (N,H,W,3) (or (N,H,W) greyscale)")
-    if images.dtype == np.uint16:
-        images = (images >> 8).astype(np.uint8)
-    elif images.dtype.kind == "f":
-        scale = 255.0 if images.max() <= 1.0 else 1.0
-        images = np.clip(images * scale, 0, 255).astype(np.uint8)
-    elif images.dtype != np.uint8:
-        images = np.clip(images, 0, 255).astype(np.uint8)
-    if images.shape[-1] == 1:
-        images = np.repeat(images, 3, axis=-1)
-    elif images.shape[-1] == 4:
-        images = images[..., :3]
-    return images
+    """(N,H,W), (N,H,W,1|3|4) of uint8/uint16/float -> (N,H,W,3) uint8 (see :func:`graft.data.npz.normalise_images`)."""
+    return normalise_images(images, path)
 
 
 def load_images(source: str | Path | ImageSet, classes: Optional[list[str]] = None, labelled: bool = True) -> ImageSet:
@@ -227,6 +270,7 @@ def load_images(source: str | Path | ImageSet, classes: Optional[list[str]] = No
         elif path.suffix.lower() == ".csv":
             files, names = _read_csv(path)
             images = _files_to_set(files, names, str(path))
+            images.outside = [str(f) for f, _ in files if not _inside(f, path.parent)]
         elif path.suffix.lower() == ".npz":
             images = _read_npz(path, classes)
         else:

@@ -25,7 +25,9 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int, names: list
         members = rng.permutation(np.flatnonzero(labels == label))
         if len(members) < 2:
             name = names[label] if names else str(label)
-            raise GraftError(f"class '{name}' has {len(members)} image: a split would leave it empty; add images or pass --val explicitly")
+            # the test share is split off before the validation share, so say how many were left here, not in the file
+            raise GraftError(f"class '{name}' has {len(members)} image left to split {fraction:.0%} off (the test share is split "
+                             "off first, then the validation share); add images to it or give --val and --test explicitly")
         n_held = min(max(1, int(round(fraction * len(members)))), len(members) - 1)
         held.extend(members[:n_held])
         kept.extend(members[n_held:])

@@ -14,15 +14,8 @@ from torchvision.transforms import v2
 
 from graft.errors import GraftError
 from graft.recipe import AugmentConfig, DataConfig
+from graft.recipe_checks import AUGMENT_PRESETS as PRESETS  # preset names are recipe values
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "none": {},
-    "flip": {"hflip": True},
-    "light": {"hflip": True, "crop_scale": 0.5},
-    "medium": {"hflip": True, "crop_scale": 0.35, "color": 0.3, "rotate": 10.0},
-    "strong": {"hflip": True, "crop_scale": 0.25, "color": 0.4, "rotate": 15.0, "trivial": True},
-    "digits": {"translate": 0.1, "rotate": 10.0},  # no flips: they change a digit's identity
-}
 
 
 @dataclass(frozen=True)

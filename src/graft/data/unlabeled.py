@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from graft.data.sources import IMAGE_SUFFIXES, ImageSet, _check_image, _normalise_array
+from graft.data.npz import read_arrays
 from graft.errors import GraftError
 
 UNLABELED_FORMS = "a folder of images (any sub-folders) or an .npz with an 'images' array"
@@ -25,13 +26,7 @@ def load_unlabeled(source: str | Path, classes: list[str]) -> ImageSet:
         return _read_folder(path, classes)
     if path.suffix.lower() != ".npz":
         raise GraftError(f"{path}: unknown unlabelled data form '{path.suffix}'; give {UNLABELED_FORMS}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:  # lazy: arrays are read only when indexed
-            if "images" not in npz.files:
-                raise GraftError(f"{path}: .npz has no 'images' array (keys: {npz.files}); save images=(N,H,W,3) uint8")
-            images = npz["images"]
-    except (OSError, ValueError) as error:
-        raise GraftError(f"{path}: cannot read .npz ({error}); save it with numpy.savez") from error
+    images = read_arrays(path, ("images",))["images"]  # labels in the archive stay unread
     images = _normalise_array(images, path)
     if len(images) == 0:
         raise GraftError(f"{path}: no images; give {UNLABELED_FORMS}")

@@ -19,6 +19,7 @@ from graft.placement import Placement
 from graft.recipe import Recipe
 from graft.routes.registry import find_route
 from graft.runs import RunDirectory
+from graft.seeding import seeded
 
 
 @dataclass
@@ -65,8 +66,9 @@ class Context:
         spec = find_route(self.recipe.route)
         m = self.recipe.model
         pretrained = (spec is None or spec.pretrained) if pretrained is None else pretrained
-        return create_model(m.backbone, self.num_classes, weights=m.weights if pretrained else None,
-                            pretrained=pretrained and m.pretrained, head_init=m.head_init)
+        with seeded(self.recipe.runtime.seed, "new model"):  # the same weights however many models were built before
+            return create_model(m.backbone, self.num_classes, weights=m.weights if pretrained else None,
+                                pretrained=pretrained and m.pretrained, head_init=m.head_init)
 
     @property
     def placement(self) -> Placement:

@@ -6,40 +6,13 @@ generalised to any timm backbone without per-architecture tables.
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from graft.backbones import head_prefix
 from graft.errors import GraftError
-
-
-@dataclass(frozen=True)
-class Stage:
-    """``train`` is 'new', 'top-K' or 'all'; ``epochs`` how long the stage lasts."""
-
-    train: str
-    epochs: int
-
-    def top_groups(self, total: int) -> int:
-        if self.train == "new":
-            return 0
-        if self.train == "all":
-            return total
-        return min(int(self.train.split("-")[1]), total)
-
-
-def parse_stages(spec: str) -> list[Stage]:
-    """'new:2,top-2:3,all:10' -> [Stage('new', 2), Stage('top-2', 3), Stage('all', 10)]."""
-    stages = []
-    for part in spec.split(","):
-        name, _, epochs = part.strip().partition(":")
-        if not re.fullmatch(r"new|all|top-\d+", name) or not epochs.isdigit():
-            raise GraftError(f"stage '{part}' must be NAME:EPOCHS with NAME new, top-K or all; e.g. --stages new:1,top-2:2,all:8")
-        stages.append(Stage(name, int(epochs)))
-    return stages
+from graft.recipe_checks import Stage, parse_stages  # the stage grammar is a recipe value's
 
 
 def kept_head_names(model: nn.Module) -> set[str]:

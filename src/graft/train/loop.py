@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from graft.console import Reporter
 from graft.data.sources import ImageSet
 from graft.data.transforms import Preprocessing, TransformedImages, batch_mixer, eval_transform, train_transform
+from graft.errors import GraftError
 from graft.recipe import Recipe
 from graft.runs import RunDirectory
 from graft.train.groups import Stage, apply_stage, optimizer_groups, trainable_names
@@ -185,9 +186,14 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
     best = BestWeights()
     if checkpoint is not None:
         state = LoopState(**checkpoint["state"]["loop"])
-        model.load_state_dict(checkpoint["model"])
+        try:
+            model.load_state_dict(checkpoint["model"])
+        except RuntimeError as error:  # recipe.yaml edited to another backbone since the checkpoint was written
+            raise GraftError(f"{run.work / 'checkpoint'}: does not fit the recipe's model ({str(error).splitlines()[-1].strip()}); "
+                             "put recipe.yaml back as it was, or remove the checkpoint to restart") from None
         best = BestWeights((state.best_accuracy, -state.best_loss), checkpoint["best"])
-    history: list[dict[str, Any]] = []
+    # the epochs of earlier processes come back with the checkpoint: a resumed run's history is the whole run's
+    history: list[dict[str, Any]] = list(checkpoint["state"].get("history", [])) if checkpoint is not None else []
     if checkpoint is None and val_loader is not None:
         # the starting model competes too: LP-FT never ends below its probe on validation
         module = fabric.setup_module(model)
@@ -251,9 +257,9 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
             history.append(record)
             run.log(**record)
             state.epoch, state.global_epoch = (stage.epochs if stop else epoch + 1), state.global_epoch + 1
-            run.save_checkpoint(model, optimizer, best.state, {"loop": asdict(state)})
-            reporter.print("  " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
-                                            if k not in ("event", "stage", "stage_name")))
+            run.save_checkpoint(model, optimizer, best.state, {"loop": asdict(state), "history": history})
+            reporter.print("  " + "  ".join(f"{k}={v:.3g}" if k == "lr" else f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                            for k, v in record.items() if k not in ("event", "stage", "stage_name")))
             for callback in setup.callbacks:
                 callback(record)
             if stop:
@@ -262,5 +268,9 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
                 break
         state.stage, state.epoch, state.bad_epochs = index + 1, 0, 0
         checkpoint = None
-    best.restore(model)
+    if best.state is not None:
+        best.restore(model)
+        # which epoch the returned weights are (0: the starting model, e.g. lpft's probe), counted over this history
+        epoch = next((i + 1 for i, r in enumerate(history) if [r["stage"], r["epoch"]] == state.best_at), 0)
+        run.log(event="returned", returned_epoch=epoch, val_accuracy=state.best_accuracy, val_loss=state.best_loss)
     return history
