@@ -149,7 +149,7 @@ def advise(data: Any, backbone: Optional[str] = None, weights: Optional[str] = N
     chance = float(np.bincount(score_y).max() / len(score_y))  # majority class: the accuracy of knowing nothing
     probe_score = (probe_accuracy - chance) / max(1 - chance, 1e-8)
     transform = eval_transform(pre)
-    loader = torch.utils.data.DataLoader(TransformedImages(sample, transform), batch_size=64, pin_memory=life.placement.pin_memory)
+    loader = life.placement.loader(TransformedImages(sample, transform), 64)
     shift = feature_shift(model, [x for x, _ in loader], placement=life.placement)
     similar = probe_score >= SIMILAR_SCORE and (shift is None or shift <= SIMILAR_SHIFT)
     similarity = "similar" if similar else "different"

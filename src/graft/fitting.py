@@ -60,7 +60,7 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
     context = Context(recipe, life.fabric, train, val_set, test_set, run, reporter, [*callbacks, experiment], checkpoint, unlabeled, prepared,
                       life.started)
     where = life.describe()
-    run.log(event="device", **where)
+    run.log(event="device", **where, **life.threading())
     reporter.print(f"route [bold]{recipe.route}[/] on {recipe.model.backbone} -> {run.path} ({where['device']}, {where['precision']})")
     try:
         result = spec.fit(context)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from graft.evaluation import Evaluation
 from graft.loggers import ExperimentLoggers
 from graft.model_card import write_model_card
 from graft.multilabel import MultiLabelEvaluation
-from graft.placement import Placement
+from graft.placement import Placement, set_threads
 from graft.recipe import Recipe
 from graft.recipe_checks import check_devices
 from graft.report import plot_confusion, plot_curves, save_figure, table, write_html
@@ -71,10 +72,10 @@ class Lifecycle:
 
     @classmethod
     def start(cls, recipe: Recipe) -> "Lifecycle":
-        """Threads, Fabric (launched) and every seed set from ``recipe.runtime``."""
-        if recipe.runtime.threads:
-            torch.set_num_threads(recipe.runtime.threads)
+        """Fabric (launched), torch threads (``runtime.threads``, else the usable cores shared among the ranks:
+        :func:`graft.placement.default_threads`) and every seed set from ``recipe.runtime``."""
         fabric = start_fabric(recipe)
+        set_threads(recipe.runtime.threads, fabric.world_size)
         fabric.seed_everything(recipe.runtime.seed, verbose=False)
         return cls(recipe, fabric, Reporter(quiet=recipe.runtime.quiet, enabled=fabric.global_rank == 0))
 
@@ -87,8 +88,7 @@ class Lifecycle:
         runtime = dataclasses.replace(recipe.runtime, devices="1", strategy="auto", quiet=quiet,
                                       precision=precision or recipe.runtime.precision, accelerator=accelerator or recipe.runtime.accelerator)
         recipe = dataclasses.replace(recipe, runtime=runtime)
-        if runtime.threads:
-            torch.set_num_threads(runtime.threads)
+        set_threads(runtime.threads)
         try:
             fabric = Fabric(accelerator=runtime.accelerator, devices=1, precision=runtime.precision)
         except (ValueError, RuntimeError) as error:  # an unknown precision, or an accelerator this machine lacks
@@ -99,11 +99,16 @@ class Lifecycle:
     @property
     def placement(self) -> Placement:
         """Fabric's device and the recipe's precision: where every forward pass outside the training loop runs."""
-        return Placement(self.fabric.device, self.recipe.runtime.precision)
+        return Placement.for_fabric(self.fabric, self.recipe.runtime.precision, self.recipe.data.num_workers)
 
     def describe(self) -> dict[str, str]:
         """Where forward passes run: {"device": e.g. "cuda:0", "precision": e.g. "bf16-mixed"}."""
         return {"device": str(self.fabric.device), "precision": str(self.recipe.runtime.precision)}
+
+    def threading(self) -> dict[str, Any]:
+        """How this process uses the CPU: torch's intra-op threads and OMP_WAIT_POLICY ("" when unset; the ``graft``
+        command sets PASSIVE unless the user chose, see :mod:`graft.__main__`)."""
+        return {"threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
 
     @property
     def writer(self) -> bool:

@@ -30,7 +30,7 @@ class DataConfig:
     crop_pct: float = 1.0  # 1.0 keeps the whole (square-cropped) image; timm's ImageNet default is 0.875
     interpolation: Optional[str] = "bilinear"  # None: the backbone's own (timm often says bicubic)
     batch_size: int = 64
-    num_workers: int = 0
+    num_workers: Optional[int] = None  # loader worker processes; None: 0 for in-memory arrays, else min(cores - 1, 8) (graft.placement)
     unlabeled: Optional[str] = None  # folder of images or .npz; labels in it are never read (routes pseudo, distill)
 
 

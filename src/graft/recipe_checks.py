@@ -107,7 +107,7 @@ RULES: dict[str, Rule] = {
     "data.crop_pct": between(0, 1, low_open=True),
     "data.interpolation": optional(one_of(*INTERPOLATIONS)),
     "data.batch_size": COUNT,
-    "data.num_workers": at_least(0),
+    "data.num_workers": optional(at_least(0)),  # null: chosen from the cores (graft.placement)
     "linear.c_grid": each(POSITIVE),
     "linear.max_iter": COUNT,
     "linear.blas_threads": at_least(0),

@@ -15,7 +15,7 @@ from graft.console import Reporter
 from graft.data.sources import ImageSet
 from graft.data.transforms import Preprocessing, resolve_preprocessing
 from graft.features import cached_features
-from graft.placement import Placement
+from graft.placement import Placement, Shard
 from graft.recipe import Recipe
 from graft.routes.registry import find_route
 from graft.runs import RunDirectory
@@ -73,15 +73,18 @@ class Context:
     @property
     def placement(self) -> Placement:
         """Fabric's device and the run's precision: where every forward pass outside the training loop runs."""
-        return Placement(self.fabric.device, self.recipe.runtime.precision)
+        return Placement.for_fabric(self.fabric, self.recipe.runtime.precision, self.recipe.data.num_workers)
 
     def preprocessing(self, model: nn.Module) -> Preprocessing:
         return resolve_preprocessing(timm.data.resolve_model_data_config(model), self.recipe.data)
 
     def features(self, model: nn.Module, images: ImageSet) -> np.ndarray:
-        """Cached frozen features (N, D) of ``images``."""
+        """Cached frozen features (N, D) of ``images``; under DDP each rank extracts its share (the ``features`` event
+        of metrics.jsonl records how many images each rank ran)."""
+        shard = Shard(self.fabric)
         features, cached = cached_features(model, images, self.preprocessing(model), self.recipe.data.batch_size * 2,
-                                           self.reporter, self.recipe.linear.cache, self.recipe.model.channels_last, self.placement)
+                                           self.reporter, self.recipe.linear.cache, self.recipe.model.channels_last, self.placement, shard)
         self.reporter.print(f"features of {len(images)} images: {'from cache' if cached else 'extracted'}")
-        self.run.log(event="features", images=len(images), cached=cached)
+        self.run.log(event="features", images=len(images), cached=cached, images_this_rank=shard.processed,
+                     images_per_rank=shard.counts(shard.processed))
         return features

@@ -22,6 +22,7 @@ from graft.console import Reporter
 from graft.data.sources import ImageSet
 from graft.data.transforms import Preprocessing, TransformedImages, batch_mixer, eval_transform, train_transform
 from graft.errors import GraftError
+from graft.placement import Placement
 from graft.recipe import Recipe
 from graft.runs import RunDirectory
 from graft.train.groups import Stage, apply_stage, optimizer_groups, trainable_names
@@ -155,20 +156,21 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
     generator = torch.Generator()
     indexed = bool(getattr(step, "indexed", False))
     transform = train_transform(pre, config.augment)
-    train_loader = DataLoader(_dataset(train, transform, indexed), batch_size=batch_size,
-                              shuffle=True, generator=generator, drop_last=len(train) > batch_size,
-                              num_workers=recipe.data.num_workers)
+    # workers decode and augment; they persist between epochs (graft.placement.default_workers when unset)
+    placement = Placement.for_fabric(fabric, recipe.runtime.precision, recipe.data.num_workers)
+    train_loader = placement.loader(_dataset(train, transform, indexed), batch_size, persistent=True,
+                                    shuffle=True, generator=generator, drop_last=len(train) > batch_size)
     train_loader = fabric.setup_dataloaders(train_loader)
     unlabeled_loader, unlabeled_generator = None, torch.Generator()
     if unlabeled is not None and len(unlabeled):
         unlabeled_batch = min(recipe.data.batch_size, len(unlabeled))
-        unlabeled_loader = fabric.setup_dataloaders(DataLoader(
-            TransformedImages(unlabeled, transform, indexed), batch_size=unlabeled_batch, shuffle=True, generator=unlabeled_generator,
-            drop_last=len(unlabeled) > unlabeled_batch, num_workers=recipe.data.num_workers))
+        unlabeled_loader = fabric.setup_dataloaders(placement.loader(
+            TransformedImages(unlabeled, transform, indexed), unlabeled_batch, persistent=True, shuffle=True, generator=unlabeled_generator,
+            drop_last=len(unlabeled) > unlabeled_batch))
     val_loader = None
     if val is not None and len(val):
-        val_loader = fabric.setup_dataloaders(DataLoader(_dataset(val, eval_transform(pre)), batch_size=recipe.data.batch_size * 2,
-                                                         num_workers=recipe.data.num_workers))
+        val_loader = fabric.setup_dataloaders(placement.loader(_dataset(val, eval_transform(pre)), recipe.data.batch_size * 2,
+                                                               persistent=True))
     step = step or (MultiLabelStep() if train.multilabel else SupervisedStep(config.label_smoothing, batch_mixer(config.augment, len(train.classes))))
     if channels_last:
         model.to(memory_format=torch.channels_last)
