@@ -16,6 +16,7 @@ import numpy as np
 from graft.console import Reporter
 from graft.data.split import per_class_subset
 from graft.report import table, write_html
+from graft.routes import get_route
 
 LABELS_PER_CLASS = 5
 # the demo's epochs are sized for its tiny sets and its two-minute budget: no stretching to train.min_steps
@@ -63,7 +64,7 @@ def demo(out: Optional[str | Path] = None, quiet: bool = False, seed: int = 0) -
     }
     rows = []
     for route, extra in plans.items():
-        run = fit(files["target_train"], route=route, backbone="graft_convnet_s", weights=None if route == "scratch" else str(source.path),
+        run = fit(files["target_train"], route=route, backbone="graft_convnet_s", weights=str(source.path) if get_route(route).pretrained else None,
                   test=files["target_test"], out=root / route, quiet=True, overrides=[*target, *extra])
         rows.append({"route": route, "test_accuracy": run.metrics["test_accuracy"], "seconds": run.metrics["seconds"], "run": str(run.path)})
         reporter.print(f"   {route:9s} test accuracy {run.metrics['test_accuracy']:.3f}  ({run.metrics['seconds']:.1f} s)")

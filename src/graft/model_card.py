@@ -89,7 +89,10 @@ def body(meta: dict[str, Any], evaluation: Any, header: dict[str, Any], folder: 
              f"graft's route `{meta['route']}` from `{meta['backbone']}` "
              f"({header['graft']['base_model_weights']['source']}).", "", "## Training", ""]
     lines += [f"- {d['split']}: {d['images']} images of `{d['name']}` (fingerprint `{d['fingerprint']}`)" for d in data]
-    how = (f"- a linear probe on frozen features (C from {recipe['linear']['c_grid']} by cross-validation)" if meta["route"] == "linear" else
+    info = meta.get("info") or {}
+    # what the route recorded says how it trained: a probe alone (C chosen, no stages), or stages of the training loop
+    how = (f"- a linear probe on frozen features (C={info['probe_c']} from {recipe['linear']['c_grid']}, {info.get('probe_selection')})"
+           if "probe_c" in info and "stages" not in info else
            f"- stages `{train['stages']}`, {train['optimizer']} lr {train['lr']} (backbone x{train['backbone_lr_ratio']}), "
            f"weight decay {train['weight_decay']}, {train['schedule']} schedule, augmentation `{train['augment']['preset']}`, "
            f"seed {recipe['runtime']['seed']}")
