@@ -33,6 +33,7 @@ from graft.placement import Placement
 from graft.recipe import Recipe
 from graft.report import write_analysis_report
 from graft.routes import find_route
+from graft.run_report import write_run_report
 from graft.runs import Run, load_run
 
 
@@ -275,5 +276,7 @@ def analyze(run: str | Path | Run, data: Any = None, out: Optional[str | Path] =
     result = analyse(run, data, units, count, k, max_images, embedding, seed, life.reporter, life.placement)
     folder = Path(out) if out else run.path / "analysis"
     result.report = write_analysis_report(result, folder, f"graft analyze: {run.meta['route']} on {run.meta['backbone']} ({run.path.name})")
+    if folder.resolve() == (run.path / "analysis").resolve() and (run.path / "report.html").exists():
+        write_run_report(run.path)  # the run's own report now links to this one
     life.reporter.print(f"report: {result.report}")
     return result

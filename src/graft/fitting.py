@@ -69,7 +69,7 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
     model = result.model.eval()
     pre = result.preprocessing or context.preprocessing(model)
     metrics: dict[str, Any] = {}
-    evaluation = None
+    evaluation, logits = None, None
     if test_set is not None and len(test_set):
         logits = result.test_logits if result.test_logits is not None else predict_logits(
             model, test_set, pre, recipe.data.batch_size * 2, reporter, placement=life.placement)
@@ -85,8 +85,8 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
     meta = {"backbone": base_backbone, "route": recipe.route, "classes": result.classes or train.classes, "preprocessing": pre.to_dict(),
             "metrics": metrics, "info": result.info, "skipped_files": [{"file": f, "reason": r} for f, r in train.skipped],
             "recipe": recipe.to_dict(), "multilabel": train.multilabel}
-    return life.finish_run(run, model, meta, evaluation, result.history, splits={"train": train, "val": val_set, "test": test_set},
-                           experiment=experiment)
+    return life.finish_run(run, model, meta, evaluation, splits={"train": train, "val": val_set, "test": test_set},
+                           experiment=experiment, test_logits=logits)
 
 
 def grow(run: str | Path | Run, data: Any, route: Optional[str] = None, *, val: Any = None, test: Any = None,

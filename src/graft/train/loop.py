@@ -262,5 +262,8 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
                 break
         state.stage, state.epoch, state.bad_epochs = index + 1, 0, 0
         checkpoint = None
+    if val_loader is not None and state.best_at is not None:
+        # the epoch whose weights are put back (0: the starting model), for the run report's curves
+        run.log(event="kept", stage=state.best_at[0], epoch=state.best_at[1], val_accuracy=state.best_accuracy, val_loss=state.best_loss)
     best.restore(model)
     return history
