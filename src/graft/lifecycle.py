@@ -76,7 +76,8 @@ class Lifecycle:
             torch.set_num_threads(recipe.runtime.threads)
         fabric = start_fabric(recipe)
         fabric.seed_everything(recipe.runtime.seed, verbose=False)
-        return cls(recipe, fabric, Reporter(quiet=recipe.runtime.quiet, enabled=fabric.global_rank == 0))
+        return cls(recipe, fabric, Reporter(quiet=recipe.runtime.quiet, enabled=fabric.global_rank == 0,
+                                             progress=recipe.runtime.progress))
 
     @classmethod
     def for_inference(cls, precision: Optional[str] = None, accelerator: Optional[str] = None, quiet: bool = True,
