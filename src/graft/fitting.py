@@ -98,7 +98,7 @@ def grow(run: str | Path | Run, data: Any, route: Optional[str] = None, *, val: 
     earlier task's head; the new run's ``info`` holds the accuracy matrix (task after step) and the forgetting.
 
     >>> step = graft.grow("runs/source", "task_a.npz", route="grow-width", test="task_a_test.npz")
-    >>> step.meta["info"]["accuracy_matrix"]
+    >>> step.meta["info"].get("accuracy_matrix")  # task x step accuracies
     """
     path = Path(run.path if isinstance(run, Run) else run)
     meta = load_run(path).meta
