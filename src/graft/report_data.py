@@ -32,12 +32,9 @@ class DataSummary:
     @classmethod
     def of(cls, splits: dict[str, Optional["ImageSet"]]) -> "DataSummary":
         counts = {name: images.class_counts() for name, images in splits.items() if images is not None}
-        skipped: list[dict[str, str]] = []
-        for images in splits.values():  # a split carved out of the training folder shares its skipped list
-            for file, reason in [] if images is None else images.skipped:
-                if {"file": file, "reason": reason} not in skipped:
-                    skipped.append({"file": file, "reason": reason})
-        return cls(counts, skipped)
+        # a split carved out of the training folder shares its skipped list: each file once, in order
+        skipped = dict.fromkeys(entry for images in splits.values() if images is not None for entry in images.skipped)
+        return cls(counts, [{"file": file, "reason": reason} for file, reason in skipped])
 
 
 @dataclass

@@ -54,6 +54,14 @@ def plot_learning_curves(curves: LearningCurves, ax: Optional[Axes] = None, metr
     return ax
 
 
+def curves_figure(curves: LearningCurves) -> Figure:
+    """Accuracy (left) and loss (right) curves side by side."""
+    axes = Figure(figsize=(11, 3.6)).subplots(1, 2)
+    plot_learning_curves(curves, axes[0], "accuracy")
+    plot_learning_curves(curves, axes[1], "loss")
+    return axes[0].figure
+
+
 def plot_top_losses(top: TopLosses, classes: list[str], figure: Optional[Figure] = None, columns: int = 4) -> Figure:
     """fastai-style gallery: each image titled "predicted / true / loss / probability of the prediction"."""
     rows = max(1, math.ceil(len(top) / columns))
@@ -170,12 +178,10 @@ def write_run_report(folder: Path) -> Path:
     elif meta.get("skipped_files"):
         sections.append(("Skipped files", table(meta["skipped_files"], id="skipped")))
     if curves.epochs:
-        axes = Figure(figsize=(11, 3.6)).subplots(1, 2)
-        plot_learning_curves(curves, axes[0], "accuracy")
-        plot_learning_curves(curves, axes[1], "loss")
-        kept = f"the model of epoch {curves.kept} is kept" + (" (best validation accuracy, ties to the lower loss)" if curves.validated else "")
+        kept = (f"the model of epoch {curves.kept}{' (the starting model)' if curves.kept == 0 else ''} is kept"
+                + (" (best validation accuracy, ties to the lower loss)" if curves.validated else " (the last epoch; no validation set)"))
         sections.append(("Learning curves", f"<p id='kept'>{html.escape(kept)}; epoch 0 is the starting model.</p>"
-                                            + embed_image(save_figure(axes[0], folder / "curves.png"))))
+                                            + embed_image(save_figure(curves_figure(curves).axes[0], folder / "curves.png"))))
     if evaluation is not None and "confusion" in evaluation:
         classes = evaluation["classes"]
         sections.append(("Per-class test accuracy", table([{"class": c, "accuracy": percent(a)} for c, a in evaluation["per_class_accuracy"].items()],
@@ -194,7 +200,7 @@ def write_run_report(folder: Path) -> Path:
         sections.append(("Analysis", "<p><a id='analysis' href='analysis/report.html'>graft analyze's report</a>: embeddings before "
                                      "and after transfer, the images that drive units, weight change per layer.</p>"))
     else:
-        sections.append(("Analysis", "<p>`graft analyze RUN` adds embeddings, unit images and weight change; this page links to it then.</p>"))
+        sections.append(("Analysis", "<p><code>graft analyze RUN</code> adds embeddings, unit images and weight change; this page links to it then.</p>"))
     return write_html(folder / "report.html", f"graft run: {meta['route']} on {meta['backbone']}", sections)
 
 
@@ -209,10 +215,7 @@ def plot_run(folder: Path, kind: str = "curves") -> Figure:
         curves = learning_curves(read_records(folder / "metrics.jsonl"))
         if not curves.epochs:
             raise GraftError(f"{folder}: route {meta['route']} trained no epochs, so it has no learning curves")
-        axes = Figure(figsize=(11, 3.6)).subplots(1, 2)
-        plot_learning_curves(curves, axes[0], "accuracy")
-        plot_learning_curves(curves, axes[1], "loss")
-        return axes[0].figure
+        return curves_figure(curves)
     if kind == "top_losses":
         top = load_top_losses(folder)
         if top is None:
@@ -241,5 +244,5 @@ class RunReport:
         return f"RunReport({str(self.path)!r})"
 
 
-__all__ = ["PLOT_KINDS", "RunReport", "duration", "formatted", "percent", "plot_learning_curves", "plot_run", "plot_top_losses",
+__all__ = ["PLOT_KINDS", "RunReport", "curves_figure", "duration", "formatted", "percent", "plot_learning_curves", "plot_run", "plot_top_losses",
            "recipe_lines", "write_run_report"]
