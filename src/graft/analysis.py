@@ -33,6 +33,7 @@ from graft.placement import Placement
 from graft.recipe import Recipe
 from graft.report import write_analysis_report
 from graft.routes import find_route
+from graft.report_data import read_records
 from graft.run_report import write_run_report
 from graft.runs import Run, load_run
 
@@ -175,11 +176,7 @@ class Analysis:
 
 def read_history(run_path: Any) -> list[dict[str, Any]]:
     """The per-epoch records of a run's ``metrics.jsonl`` (empty for routes without epochs)."""
-    path = Path(run_path) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if r.get("event") == "epoch" and "train_accuracy" in r]
+    return [r for r in read_records(Path(run_path) / "metrics.jsonl") if r.get("event") == "epoch" and "train_accuracy" in r]
 
 
 def analyse(run: Any, data: Any = None, units: Optional[Sequence[int]] = None, count: int = 4, k: int = 8,
