@@ -99,7 +99,7 @@ def test_tiny_exemplar_pretrain_beats_chance_and_transfers(unlabelled, toy_npz, 
     chance = 1 / 8
     assert run.metrics["surrogate_classes"] == 8 and run.metrics["chance"] == chance
     assert run.metrics["surrogate_val_accuracy"] > 2 * chance  # held-out copies, never trained on
-    epochs = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines() if '"epoch"' in line]
+    epochs = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines() if '"event": "epoch"' in line]
     assert len(epochs) == 6 and all("train_accuracy" in e and "val_accuracy" in e for e in epochs)
     assert epochs[-1]["train_accuracy"] > epochs[0]["train_accuracy"]
     # the backbone goes to any route like a pretrained model

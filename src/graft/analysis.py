@@ -33,6 +33,8 @@ from graft.placement import Placement
 from graft.recipe import Recipe
 from graft.report import write_analysis_report
 from graft.routes import find_route
+from graft.report_data import read_records
+from graft.run_report import write_run_report
 from graft.runs import Run, load_run
 
 
@@ -174,11 +176,7 @@ class Analysis:
 
 def read_history(run_path: Any) -> list[dict[str, Any]]:
     """The per-epoch records of a run's ``metrics.jsonl`` (empty for routes without epochs)."""
-    path = Path(run_path) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if r.get("event") == "epoch" and "train_accuracy" in r]
+    return [r for r in read_records(Path(run_path) / "metrics.jsonl") if r.get("event") == "epoch" and "train_accuracy" in r]
 
 
 def analyse(run: Any, data: Any = None, units: Optional[Sequence[int]] = None, count: int = 4, k: int = 8,
@@ -275,5 +273,7 @@ def analyze(run: str | Path | Run, data: Any = None, out: Optional[str | Path] =
     result = analyse(run, data, units, count, k, max_images, embedding, seed, life.reporter, life.placement)
     folder = Path(out) if out else run.path / "analysis"
     result.report = write_analysis_report(result, folder, f"graft analyze: {run.meta['route']} on {run.meta['backbone']} ({run.path.name})")
+    if folder.resolve() == (run.path / "analysis").resolve() and (run.path / "report.html").exists():
+        write_run_report(run.path)  # the run's own report now links to this one
     life.reporter.print(f"report: {result.report}")
     return result

@@ -8,10 +8,11 @@ from graft.errors import GraftError
 from graft.exporting import export
 from graft.fitting import fit, grow
 from graft.inference import evaluate, predict, run_scores, select_task
-from graft.lifecycle import make_splits, resolve_recipe, write_run_report
+from graft.lifecycle import make_splits, resolve_recipe
 from graft.pretraining import pretrain
 from graft.protocols import evaluate_features
 from graft.recipe import Recipe
+from graft.run_report import write_run_report
 from graft.runs import Run, load_run
 from graft.scene_builder import scenes
 

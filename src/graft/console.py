@@ -1,4 +1,4 @@
-"""Rich progress and messages on stderr; ``quiet`` silences everything but errors."""
+"""Rich progress and messages on stderr; ``quiet`` silences everything but errors, ``progress=False`` only the bars."""
 from __future__ import annotations
 
 from typing import Any, Iterable, Iterator, Optional
@@ -8,18 +8,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class Reporter:
-    """What graft shows while it works. One per command; pass ``quiet=True`` for scripts."""
+    """What graft shows while it works. One per command; pass ``quiet=True`` for scripts, ``progress=False`` to keep
+    the messages without progress bars (a notebook cell, a log file)."""
 
-    def __init__(self, quiet: bool = False, enabled: bool = True) -> None:
+    def __init__(self, quiet: bool = False, enabled: bool = True, progress: bool = True) -> None:
         self.quiet = quiet or not enabled
+        self.progress = progress
         self.console = Console(stderr=True, quiet=self.quiet)
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
         self.console.print(*objects, **kwargs)
 
     def track(self, iterable: Iterable[Any], total: Optional[int], description: str) -> Iterator[Any]:
-        """Iterate with a progress bar (nothing drawn when quiet or not a terminal)."""
-        if self.quiet or not self.console.is_terminal:
+        """Iterate with a progress bar (nothing drawn when quiet, without progress or not a terminal)."""
+        if self.quiet or not self.progress or not self.console.is_terminal:
             yield from iterable
             return
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),

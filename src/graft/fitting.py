@@ -21,10 +21,11 @@ from graft.runs import Run, RunDirectory, load_run
 
 def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] = None, weights: Optional[str] = None, *,
         val: Any = None, test: Any = None, out: Optional[str | Path] = None, recipe: Optional[Recipe] = None,
-        overrides: Sequence[str] = (), quiet: bool = False, resume: Optional[str | Path] = None,
+        overrides: Sequence[str] = (), quiet: bool = False, progress: bool = True, resume: Optional[str | Path] = None,
         callbacks: Sequence[Callable[[dict[str, Any]], None]] = ()) -> Run:
     """Train a classifier on ``data`` by ``route`` (or, for a ``labelled=False`` route, a backbone) and return the
     finished :class:`Run`; every forward pass runs on ``runtime.accelerator`` under ``runtime.precision``.
+    ``quiet=True`` prints nothing; ``progress=False`` keeps the messages but draws no progress bars (``runtime.progress``).
 
     >>> run = graft.fit("images/", route="lpft", backbone="mobilenetv2_100", weights="mnv2.safetensors")
     >>> run.metrics["test_accuracy"]
@@ -32,13 +33,16 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
     if resume is not None:
         _, recipe = RunDirectory.reopen(resume)
         recipe = resume_recipe(recipe, list(overrides), Path(resume))
+        # how much it prints is the caller's choice now, not the interrupted run's (runtime-only keys: allowed on resume)
+        recipe = recipe.override([*["runtime.quiet=true"] * quiet, *["runtime.progress=false"] * (not progress)])
     else:
         # the route's own defaults go before the caller's overrides (the route is known once the recipe names it)
         named = find_route(resolve_recipe(recipe, (), route=route).route)  # None: refused below with the list of routes
         defaults = list(named.defaults) if named is not None else []
         recipe = resolve_recipe(recipe, [*defaults, *overrides], route=route, **{"model.backbone": backbone, "model.weights": weights,
                                 "data.train": as_path(data), "data.val": as_path(val), "data.test": as_path(test),
-                                "runtime.out": None if out is None else str(out), "runtime.quiet": quiet or None})
+                                "runtime.out": None if out is None else str(out), "runtime.quiet": quiet or None,
+                                "runtime.progress": None if progress else False})
     spec = get_route(recipe.route)
     life = Lifecycle.start(recipe)
     reporter = life.reporter
@@ -74,7 +78,7 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
     model = result.model.eval()
     pre = result.preprocessing or context.preprocessing(model)
     metrics: dict[str, Any] = {}
-    evaluation = None
+    evaluation, logits = None, None
     if test_set is not None and len(test_set):
         logits = result.test_logits if result.test_logits is not None else predict_logits(
             model, test_set, pre, recipe.data.batch_size * 2, reporter, placement=life.placement)
@@ -91,12 +95,12 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
             "metrics": metrics, "history": result.history, "info": result.info,
             "skipped_files": [{"file": f, "reason": r} for f, r in train.skipped], "files_outside_data_folder": train.outside,
             "recipe": recipe.to_dict(), "multilabel": train.multilabel}
-    return life.finish_run(run, model, meta, evaluation, result.history, splits={"train": train, "val": val_set, "test": test_set},
-                           experiment=experiment)
+    return life.finish_run(run, model, meta, evaluation, splits={"train": train, "val": val_set, "test": test_set},
+                           experiment=experiment, test_logits=logits)
 
 
 def grow(run: str | Path | Run, data: Any, route: Optional[str] = None, *, val: Any = None, test: Any = None,
-         out: Optional[str | Path] = None, overrides: Sequence[str] = (), quiet: bool = False) -> Run:
+         out: Optional[str | Path] = None, overrides: Sequence[str] = (), quiet: bool = False, progress: bool = True) -> Run:
     """Continual growth (Wang et al. 2017, sec. 5.4): grow ``run`` again for the task in ``data``, keeping every
     earlier task's head; the new run's ``info`` holds the accuracy matrix (task after step) and the forgetting.
 
@@ -112,7 +116,7 @@ def grow(run: str | Path | Run, data: Any, route: Optional[str] = None, *, val: 
     if spec is None or not spec.grows:
         growers = [name for name in route_names() if get_route(name).grows]
         raise GraftError(f"graft grow needs a grow route ({', '.join(growers)}), not '{route}'")
-    return fit(data, route=route, backbone=f"run:{path}", val=val, test=test, out=out, quiet=quiet,
+    return fit(data, route=route, backbone=f"run:{path}", val=val, test=test, out=out, quiet=quiet, progress=progress,
                overrides=[f"grow.previous={json.dumps(str(path))}", *overrides])
 
 

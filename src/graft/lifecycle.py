@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
 import torch
 from lightning_fabric import Fabric
 
@@ -29,8 +30,9 @@ from graft.multilabel import MultiLabelEvaluation
 from graft.placement import Placement, set_threads
 from graft.recipe import Recipe
 from graft.recipe_checks import check_devices
-from graft.report import plot_confusion, plot_curves, save_figure, table, write_html
+from graft.report_data import save_report_data
 from graft.routes import find_route, route_names
+from graft.run_report import write_run_report
 from graft.runs import Run, RunDirectory, default_run_path, load_run
 
 
@@ -77,7 +79,8 @@ class Lifecycle:
         fabric = start_fabric(recipe)
         set_threads(recipe.runtime.threads, fabric.world_size)
         fabric.seed_everything(recipe.runtime.seed, verbose=False)
-        return cls(recipe, fabric, Reporter(quiet=recipe.runtime.quiet, enabled=fabric.global_rank == 0))
+        return cls(recipe, fabric, Reporter(quiet=recipe.runtime.quiet, enabled=fabric.global_rank == 0,
+                                             progress=recipe.runtime.progress))
 
     @classmethod
     def for_inference(cls, precision: Optional[str] = None, accelerator: Optional[str] = None, quiet: bool = True,
@@ -163,9 +166,11 @@ class Lifecycle:
         self.reporter.print(f"[yellow]interrupted[/]; continue with: {command} --resume {run.path}")
 
     def finish_run(self, run: RunDirectory, model: torch.nn.Module, meta: dict[str, Any],
-                   evaluation: Optional[Evaluation | MultiLabelEvaluation], history: list[dict[str, Any]],
-                   splits: Optional[dict[str, Optional[ImageSet]]] = None, experiment: Optional[ExperimentLoggers] = None) -> Run:
-        """Save the model and its meta, the test evaluation, report.html and the model card (README.md, from ``splits``),
+                   evaluation: Optional[Evaluation | MultiLabelEvaluation],
+                   splits: Optional[dict[str, Optional[ImageSet]]] = None, experiment: Optional[ExperimentLoggers] = None,
+                   test_logits: Optional[np.ndarray] = None) -> Run:
+        """Save the model and its meta, the test evaluation, report.html (with the data of ``splits`` and the top losses
+        of the (N, C) ``test_logits``) and the model card (README.md, from ``splits``),
         hand the final metrics to the ``experiment`` loggers, move the run into place; the finished :class:`Run`
         (loaded back from disk on rank 0, so it is what every later command sees)."""
         metrics = meta["metrics"]
@@ -176,31 +181,15 @@ class Lifecycle:
         if experiment is not None:
             experiment.finish(metrics)
         if run.writer:
-            write_run_report(run.work, meta, evaluation, history)
+            if splits is not None:
+                save_report_data(run.work, splits, test_logits)
+            write_run_report(run.work)
             if splits is not None:
                 write_model_card(run.work, meta, evaluation, splits)
         path = run.finish()
         self.reporter.print(f"[green]done[/] {meta['route']}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                                                            for k, v in metrics.items()))
         return load_run(path) if self.writer else Run(path, model, meta)
-
-
-def write_run_report(folder: Path, meta: dict[str, Any], evaluation: Optional[Evaluation | MultiLabelEvaluation], history: list[dict[str, Any]]) -> Path:
-    """report.html with the summary, per-class accuracy, confusion matrix and learning curves."""
-    images = []
-    sections = [("Summary", table([{"route": meta["route"], "backbone": meta["backbone"], **meta["metrics"]}]))]
-    if isinstance(evaluation, MultiLabelEvaluation):
-        sections.append((f"Per-class test AP (mAP {evaluation.mean_ap:.4f})", table([{"class": c, "AP": a} for c, a in evaluation.per_class_ap.items()])))
-    elif evaluation is not None:
-        images.append(save_figure(plot_confusion(evaluation.confusion, evaluation.classes), folder / "confusion.png"))
-        sections.append(("Per-class test accuracy", table([{"class": c, "accuracy": a} for c, a in evaluation.per_class.items()])))
-    if history:
-        images.append(save_figure(plot_curves(history), folder / "curves.png"))
-    if meta.get("skipped_files"):
-        sections.append(("Skipped files", table(meta["skipped_files"])))
-    if meta.get("files_outside_data_folder"):
-        sections.append(("Files outside the CSV's folder", table([{"file": f} for f in meta["files_outside_data_folder"]])))
-    return write_html(folder / "report.html", f"graft run: {meta['route']} on {meta['backbone']}", sections, images)
 
 
 __all__ = ["Lifecycle", "as_path", "make_splits", "resolve_recipe", "start_fabric", "write_run_report"]

@@ -216,6 +216,7 @@ class RuntimeConfig:
     threads: Optional[int] = None
     out: Optional[str] = None
     quiet: bool = False
+    progress: bool = True  # False: no progress bars (messages and epoch lines stay); for notebooks and logs
     loggers: list[str] = field(default_factory=list)  # experiment loggers: csv, tensorboard, mlflow (graft.loggers)
 
 

@@ -133,7 +133,8 @@ def save_figure(ax: Axes, path: Path) -> Path:
     return path
 
 
-def _embed(path: Path) -> str:
+def embed_image(path: Path) -> str:
+    """An <img> holding the PNG at ``path`` as a data URI (the page opens from anywhere without its PNGs)."""
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
 
@@ -159,7 +160,7 @@ def _fmt(value: Any) -> str:
 def write_html(path: Path, title: str, sections: Sequence[tuple[str, str]], images: Sequence[Path] = ()) -> Path:
     """One page: ``sections`` are (heading, HTML body); ``images`` PNGs embedded as data URIs."""
     parts = [f"<h2>{html.escape(h)}</h2>{body}" for h, body in sections]
-    parts += [f"<figure>{_embed(p)}<figcaption>{html.escape(p.name)}</figcaption></figure>" for p in images]
+    parts += [f"<figure>{embed_image(p)}<figcaption>{html.escape(p.name)}</figcaption></figure>" for p in images]
     style = ("body{font-family:sans-serif;max-width:980px;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}")
     path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

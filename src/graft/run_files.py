@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from graft.errors import GraftError
 from graft.recipe import Recipe
 
-RUNTIME_ONLY = ("runtime.quiet", "runtime.threads")  # how a run is watched or paced, never what it computes
+RUNTIME_ONLY = ("runtime.quiet", "runtime.threads", "runtime.progress")  # how a run is watched or paced, never what it computes
 
 
 def resume_recipe(saved: Recipe, overrides: list[str], run: Path) -> Recipe:

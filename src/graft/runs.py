@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from safetensors.torch import save_file
@@ -32,6 +32,11 @@ from torch import nn
 from graft.errors import GraftError
 from graft.recipe import Recipe
 from graft.run_files import absolute_paths, read_json, read_tensors
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from graft.run_report import RunReport
 
 
 def partial_path(final: Path) -> Path:
@@ -304,6 +309,19 @@ class Run:
     @property
     def metrics(self) -> dict[str, Any]:
         return self.meta.get("metrics", {})
+
+    def plot(self, kind: str = "curves") -> "Figure":
+        """A new matplotlib Figure (no pyplot) of this run: curves | confusion | per_class | top_losses."""
+        from graft.run_report import plot_run
+
+        return plot_run(self.path, kind)
+
+    def report(self) -> "RunReport":
+        """report.html drawn again from this run's files (picking up `graft analyze`'s pages), as an object a Jupyter
+        cell shows as HTML."""
+        from graft.run_report import RunReport, write_run_report
+
+        return RunReport(write_run_report(self.path))
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, backbone={self.meta['backbone']!r}, route={self.meta['route']!r}, metrics={self.metrics})"
