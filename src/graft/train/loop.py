@@ -197,12 +197,15 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
     # the epochs of earlier processes come back with the checkpoint: a resumed run's history is the whole run's
     history: list[dict[str, Any]] = list(checkpoint["state"].get("history", [])) if checkpoint is not None else []
     if checkpoint is None and val_loader is not None:
-        # the starting model competes too: LP-FT never ends below its probe on validation
         module = fabric.setup_module(model)
-        state.best_accuracy, state.best_loss = validate(fabric, module, val_loader)
-        state.best_at = [0, 0]
-        best.keep(model, (state.best_accuracy, -state.best_loss))
-        run.log(event="initial", val_accuracy=state.best_accuracy, val_loss=state.best_loss)
+        accuracy, loss = validate(fabric, module, val_loader)
+        run.log(event="initial", val_accuracy=accuracy, val_loss=loss)  # epoch 0 of the curves
+        if not setup.use_min_steps:
+            # a starting model whose head is trained competes too: LP-FT never ends below its probe on validation. A new
+            # head (at zero: every class equally likely) is no model to keep: on multi-label scenes its constant scores
+            # could tie a trained model's top-class hit rate
+            state.best_accuracy, state.best_loss, state.best_at = accuracy, loss, [0, 0]
+            best.keep(model, (accuracy, -loss))
 
     for index in range(state.stage, len(stages)):
         stage = stages[index]
