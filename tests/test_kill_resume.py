@@ -31,6 +31,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAUNCHER = '''
 import os, signal, sys
 mode = sys.argv.pop(1)
+MAIN = os.getpid()  # loader workers (forked, hook and counters copied) read the images: they kill the run's main process
 seen = {"log": 0, "data": False, "images": 0, "old": False}
 
 def hook(event, args):
@@ -44,13 +45,13 @@ def hook(event, args):
             armed = (mode == "epoch" and seen["log"] >= 2) or (mode == "extraction" and seen["data"])
             seen["images"] += armed
             if armed and seen["images"] == 5:
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(MAIN, signal.SIGKILL)
     elif event == "os.rename" and mode == "rename":
         source, target = str(args[0]), str(args[1])
         if source.endswith("checkpoint") and target.endswith("checkpoint.old"):
             seen["old"] = True
         elif seen["old"] and source.endswith("checkpoint.tmp") and target.endswith("checkpoint"):
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(MAIN, signal.SIGKILL)
 
 if mode != "none":
     sys.addaudithook(hook)

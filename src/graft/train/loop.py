@@ -156,16 +156,19 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
     generator = torch.Generator()
     indexed = bool(getattr(step, "indexed", False))
     transform = train_transform(pre, config.augment)
-    # workers decode and augment; they persist between epochs (graft.placement.default_workers when unset)
+    # workers decode and augment (graft.placement.default_workers when unset). Training workers start anew every epoch:
+    # their seeds then come from the loop's per-epoch generator, so each epoch's augmentation is a function of (seed,
+    # stage, epoch) and a resumed run is exact; persistent workers would carry their random state across epochs.
+    # Validation has no randomness: its workers persist.
     placement = Placement.for_fabric(fabric, recipe.runtime.precision, recipe.data.num_workers)
-    train_loader = placement.loader(_dataset(train, transform, indexed), batch_size, persistent=True,
+    train_loader = placement.loader(_dataset(train, transform, indexed), batch_size, persistent=False,
                                     shuffle=True, generator=generator, drop_last=len(train) > batch_size)
     train_loader = fabric.setup_dataloaders(train_loader)
     unlabeled_loader, unlabeled_generator = None, torch.Generator()
     if unlabeled is not None and len(unlabeled):
         unlabeled_batch = min(recipe.data.batch_size, len(unlabeled))
         unlabeled_loader = fabric.setup_dataloaders(placement.loader(
-            TransformedImages(unlabeled, transform, indexed), unlabeled_batch, persistent=True, shuffle=True, generator=unlabeled_generator,
+            TransformedImages(unlabeled, transform, indexed), unlabeled_batch, persistent=False, shuffle=True, generator=unlabeled_generator,
             drop_last=len(unlabeled) > unlabeled_batch))
     val_loader = None
     if val is not None and len(val):
