@@ -276,13 +276,11 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
                 break
         state.stage, state.epoch, state.bad_epochs = index + 1, 0, 0
         checkpoint = None
+    best.restore(model)  # no-op when nothing was kept (no validation set)
     if best.state is not None and state.best_at is not None:
-        best.restore(model)
         # the weights put back (stage, epoch within it; 0: the starting model, e.g. lpft's probe), also counted over the
         # whole history (returned_epoch): model.json's val_accuracy and the report's curves read this one record
         epoch = next((i + 1 for i, r in enumerate(history) if [r["stage"], r["epoch"]] == state.best_at), 0)
         run.log(event="returned", stage=state.best_at[0], epoch=state.best_at[1], returned_epoch=epoch,
                 val_accuracy=state.best_accuracy, val_loss=state.best_loss)
-    else:
-        best.restore(model)
     return history
