@@ -32,6 +32,9 @@ class DataConfig:
     batch_size: int = 64
     num_workers: Optional[int] = None  # loader worker processes; None: 0 for in-memory arrays, else min(cores - 1, 8) (graft.placement)
     unlabeled: Optional[str] = None  # folder of images or .npz; labels in it are never read (routes pseudo, distill)
+    # True: the test share is still split off (train and val are the images a full run gets) but left out of the run:
+    # never evaluated (route auto fits its candidates so, and evaluates the test split once, with the winner)
+    hold_out_test: bool = False
 
 
 @dataclass
@@ -55,6 +58,9 @@ class LinearConfig:
     max_iter: int = 300
     cache: bool = True
     blas_threads: int = 1  # BLAS threads for the solves (0: the library's default); see graft.probe
+    # route linear: True chooses C by cross-validation over train + val and fits on both; False chooses C on val and
+    # keeps val unseen, so its validation accuracy is honest (route auto compares candidates so)
+    pool_validation: bool = True
 
 
 @dataclass

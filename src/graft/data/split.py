@@ -69,6 +69,8 @@ def make_splits(recipe: Recipe, reporter: Reporter) -> tuple[ImageSet, Optional[
     skipped = list(train.skipped) + (test.skipped if test is not None and test.skipped is not train.skipped else [])
     train = train.subset(rest)
     train.skipped = skipped
+    if data.hold_out_test:  # split off (so train and val stay the same) but not handed to the run
+        test = None
     reporter.print(f"{len(train.classes)} classes; train {len(train)}, val {0 if val is None else len(val)}, "
                    f"test {0 if test is None else len(test)} images" + (f"; skipped {len(skipped)} unreadable files" if skipped else "")
                    + (f"; clipped {train.clipped_boxes} boxes to their image" if train.clipped_boxes else ""))

@@ -44,7 +44,7 @@ def probe_model(context: Context, model: nn.Module, pool_validation: bool) -> tu
 def linear(context: Context) -> RouteResult:
     model = context.model()
     before = weights_hash(model)
-    probe, info = probe_model(context, model, pool_validation=True)
+    probe, info = probe_model(context, model, pool_validation=context.recipe.linear.pool_validation)
     info["backbone_unchanged"] = weights_hash(model) == before
     test_logits = None
     if context.test is not None:
