@@ -173,45 +173,64 @@ def compare(data: Any, routes: Optional[Sequence[str]] = None, backbone: Optiona
     speed = measure_throughput(base, train, placement=life.placement)
     reporter.print(f"throughput: {1 / speed.infer:.0f} images/s inference, {1 / speed.train:.0f} images/s training; "
                    f"routes in order: {', '.join(order)}" + (f"; budget {limit:.0f} s" if limit else ""))
-    correction: dict[bool, float] = {}
-    measured: dict[str, float] = {}
+    runner = BudgetedRunner(started, limit, sizes, speed, reporter)
     entries: list[Entry] = []
     for seed in range(seeds):
         for route in order:
             recipe = base.override([f"runtime.seed={seed}"])
-            cheap = get_route(route).features_only
-            # a route that already ran is expected to take what it took; others by throughput, corrected by their kind's runs
-            estimate = measured.get(route) or estimate_seconds(route, recipe, sizes, speed) * correction.get(cheap, 1.0)
-            elapsed = time.time() - started
-            if limit is not None and elapsed + estimate > limit:
-                entries.append(Entry(route, seed, "skipped", estimate=estimate,
-                                     reason=f"estimated {estimate:.0f} s, {max(limit - elapsed, 0):.0f} s of the budget left"))
-                reporter.print(f"[yellow]skip[/] {route} seed {seed}: {entries[-1].reason}")
-                continue
-            target = folder / f"{route}-s{seed}"
-            watch = _BudgetWatch(started, limit)
-            run_started = time.time()
-            try:
-                run = fit(data, route=route, recipe=recipe, val=val, test=test, out=target, quiet=True, callbacks=[watch])
-            except (BudgetStop, GraftError) as stop:  # a route that cannot run on this data fails alone; the others go on
-                shutil.rmtree(partial_path(target), ignore_errors=True)
-                status = "stopped" if isinstance(stop, BudgetStop) else "failed"
-                entries.append(Entry(route, seed, status, seconds=round(time.time() - run_started, 1), estimate=estimate, reason=str(stop)))
-                reporter.print(f"[yellow]{status}[/] {route} seed {seed}: {stop}")
-                continue
-            seconds = round(time.time() - run_started, 1)
-            if route not in measured:
-                correction[cheap] = seconds / max(estimate_seconds(route, recipe, sizes, speed), 1e-9)
-            measured[route] = seconds
-            entries.append(Entry(route, seed, "done", run.metrics.get("test_accuracy"), seconds, round(estimate, 1), str(run.path),
-                                 history=read_history(run.path)))
-            reporter.print(f"{route} seed {seed}: test accuracy {_percent(entries[-1].test_accuracy)} in {seconds:.0f} s (estimated {estimate:.0f} s)")
+            entry, run = runner.run(route, seed, recipe, folder / f"{route}-s{seed}", data, val, test)
+            entries.append(entry)
+            if run is not None:
+                entry.test_accuracy = run.metrics.get("test_accuracy")
+                reporter.print(f"{route} seed {seed}: test accuracy {_percent(entry.test_accuracy)} in {entry.seconds:.0f} s "
+                               f"(estimated {entry.estimate:.0f} s)")
     comparison = Comparison(entries, leaderboard(entries, order), limit, round(time.time() - started, 1), folder)
     (folder / "leaderboard.json").write_text(json.dumps({"leaderboard": comparison.leaderboard, "budget_seconds": limit,
                                                          "seconds": comparison.seconds, "sizes": sizes, "throughput": asdict(speed),
                                                          "entries": [asdict(e) for e in entries]}, indent=1, default=str))
     comparison.report = write_comparison_report(comparison, f"graft compare: {Path(str(data)).name} on {base.model.backbone}")
     return comparison
+
+
+class BudgetedRunner:
+    """Runs routes one after another under one time budget (``limit`` seconds from ``started``; None: no budget).
+
+    Before each run its time is estimated (:func:`estimate_seconds`, corrected by the ratio of measured to estimated
+    time of the first run of its kind; a route that already ran is expected to take what it took); a run that would
+    overrun is skipped, a running one is stopped at the end of the epoch that used the budget up (:class:`_BudgetWatch`).
+    `graft compare` and route auto (:mod:`graft.selection`) share it."""
+
+    def __init__(self, started: float, limit: Optional[float], sizes: dict[str, int], speed: Throughput, reporter: Reporter) -> None:
+        self.started, self.limit, self.sizes, self.speed, self.reporter = started, limit, sizes, speed, reporter
+        self.correction: dict[bool, float] = {}
+        self.measured: dict[str, float] = {}
+
+    def run(self, route: str, seed: int, recipe: Any, target: Path, data: Any, val: Any, test: Any,
+            overrides: Sequence[str] = (), exempt: bool = False) -> tuple[Entry, Any]:
+        """Fit ``route`` with ``recipe`` (+ ``overrides``) into ``target`` unless the budget forbids it (``exempt``: never
+        skipped or stopped); (the entry, the finished run or None)."""
+        cheap = get_route(route).features_only
+        estimate = self.measured.get(route) or estimate_seconds(route, recipe, self.sizes, self.speed) * self.correction.get(cheap, 1.0)
+        elapsed = time.time() - self.started
+        if self.limit is not None and not exempt and elapsed + estimate > self.limit:
+            entry = Entry(route, seed, "skipped", estimate=estimate,
+                          reason=f"estimated {estimate:.0f} s, {max(self.limit - elapsed, 0):.0f} s of the budget left")
+            self.reporter.print(f"[yellow]skip[/] {route} seed {seed}: {entry.reason}")
+            return entry, None
+        watch = _BudgetWatch(self.started, None if exempt else self.limit)
+        run_started = time.time()
+        try:
+            run = fit(data, route=route, recipe=recipe, val=val, test=test, out=target, quiet=True, callbacks=[watch], overrides=overrides)
+        except (BudgetStop, GraftError) as stop:  # a route that cannot run on this data fails alone; the others go on
+            shutil.rmtree(partial_path(target), ignore_errors=True)
+            status = "stopped" if isinstance(stop, BudgetStop) else "failed"
+            self.reporter.print(f"[yellow]{status}[/] {route} seed {seed}: {stop}")
+            return Entry(route, seed, status, seconds=round(time.time() - run_started, 1), estimate=estimate, reason=str(stop)), None
+        seconds = round(time.time() - run_started, 1)
+        if route not in self.measured:
+            self.correction[cheap] = seconds / max(estimate_seconds(route, recipe, self.sizes, self.speed), 1e-9)
+        self.measured[route] = seconds
+        return Entry(route, seed, "done", None, seconds, round(estimate, 1), str(run.path), history=read_history(run.path)), run
 
 
 class _BudgetWatch:
