@@ -192,6 +192,9 @@ def analyse(run: Any, data: Any = None, units: Optional[Sequence[int]] = None, c
     notes: list[str] = []
     if run.meta.get("multilabel"):
         raise GraftError(f"{run.path}: analyze covers single-label runs; this run has several labels per image")
+    if run.meta.get("ensemble"):
+        members = ", ".join(str(run.path / m["run"]) for m in run.meta["ensemble"]["members"])
+        raise GraftError(f"{run.path}: an ensemble has no one representation to analyse; analyze one of its members: {members}")
     images, evaluation = _analysis_data(run, data, notes)
     labelled = np.flatnonzero(images.labels >= 0)
     chosen = labelled[per_class_subset(images.labels[labelled], max(1, max_images // len(run.classes)), seed)][:max_images]

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from graft.ensembles import FlipAverage
 from graft.errors import GraftError
 from graft.routes import find_route
 from graft.runs import Run, load_run
@@ -31,6 +32,12 @@ def export_model(run: Run, format: str, out: Optional[Path], atol: float) -> dic
     spec = find_route(run.meta["route"])
     # the route's export hook gives the network that answers what `graft predict` answers, or refuses with the reason
     model = spec.export(run) if spec is not None and spec.export is not None else run.model
+    if run.meta.get("tta") == "flip":  # the run answers with flip averaging (route auto chose it on validation): so does the copy
+        model = FlipAverage(model)
+    if format == "timm" and (run.meta.get("ensemble") or run.meta.get("tta") == "flip"):
+        what = "an ensemble of several networks" if run.meta.get("ensemble") else "averaged over each image and its mirror image"
+        raise GraftError(f"{run.path}: its answer is {what}, which one plain timm network cannot give; "
+                         "export it with --format onnx or torchscript (one graph holding all of it)")
     if format == "timm":
         from graft.timm_export import export_timm
 

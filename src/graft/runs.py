@@ -341,11 +341,20 @@ def load_run(path: str | Path) -> Run:
     if missing or not isinstance(meta["classes"], list) or not meta["classes"]:
         raise GraftError(f"{meta_path}: not a graft run description (missing or empty {missing or ['classes']}); "
                          "give a directory written by `graft fit`")
-    model = create_model(meta["backbone"], len(meta["classes"]), pretrained=False)
     import graft.growth  # noqa: F401 - registers the grown heads ("grow" kind) with graft.heads
     from graft.heads import restore_head
 
-    restore_head(model, meta.get("info", {}).get("head"))  # adaptation layers (adapt, patches), grown networks (grow-*)
+    def build(backbone: str, head: Optional[dict[str, Any]]) -> nn.Module:
+        # adaptation layers (adapt, patches), grown networks (grow-*)
+        return restore_head(create_model(backbone, len(meta["classes"]), pretrained=False), head)
+
+    if meta.get("ensemble"):  # route auto's ensemble: every member's network in one module (graft.ensembles)
+        from graft.ensembles import Ensemble
+
+        members = meta["ensemble"]["members"]
+        model: nn.Module = Ensemble([build(m["backbone"], m.get("head")) for m in members], [m["weight"] for m in members])
+    else:
+        model = build(meta["backbone"], meta.get("info", {}).get("head"))
     state = read_tensors(path / "model.safetensors", "copy the run again or train it again")
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
