@@ -6,7 +6,7 @@ from graft.analysis import analyze
 from graft.comparison import compare
 from graft.errors import GraftError
 from graft.exporting import export
-from graft.fitting import fit, grow
+from graft.fitting import grow
 from graft.inference import evaluate, predict, run_scores, select_task
 from graft.lifecycle import make_splits, resolve_recipe
 from graft.pretraining import pretrain
@@ -15,6 +15,7 @@ from graft.recipe import Recipe
 from graft.run_report import write_run_report
 from graft.runs import Run, load_run
 from graft.scene_builder import scenes
+from graft.selection import fit  # route auto, else graft.fitting.fit
 
 __all__ = ["fit", "grow", "evaluate", "predict", "export", "scenes", "analyze", "compare", "advise", "load_run", "Recipe", "Run", "GraftError",
            "pretrain", "evaluate_features", "make_splits", "resolve_recipe", "run_scores", "select_task", "write_run_report"]

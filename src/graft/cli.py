@@ -48,6 +48,7 @@ FIT_FLAGS: dict[str, tuple[str, Any, str]] = {
 EXAMPLES = {
     "fit": "example:\n  graft fit images/ --route lpft --backbone mobilenetv2_100 --weights mnv2.safetensors --image-size 96\n"
            "  graft fit train.npz --test test.npz --route finetune --backbone tv:resnet18 --stages new:1,top-2:2,all:6\n"
+           "  graft fit train.npz --test test.npz --route auto --budget 15m --backbone mobilenetv2_100 --weights mnv2.safetensors\n"
            "  graft fit --resume runs/lpft-mobilenetv2_100-20261123-101500\n"
            "  graft fit train.npz --unlabeled pool.npz --route pseudo --teacher runs/teacher --audit\n"
            "  graft fit train.npz --unlabeled pool/ --route distill --teacher runs/teacher --backbone graft_convnet_m "
@@ -87,7 +88,9 @@ def _parser() -> argparse.ArgumentParser:
 
     fit = command("fit", "Train a classifier on DATA by one route and write a run directory.")
     fit.add_argument("data", nargs="?", help="folder of class sub-folders, CSV (path,label) or .npz (images, labels[, classes])")
-    fit.add_argument("--route", help=f"one of {', '.join(route_names())} (default: {Recipe().route})")
+    fit.add_argument("--route", help=f"one of {', '.join(route_names())}, or auto: measure, try routes, keep the best on validation "
+                                     f"(or their ensemble) (default: {Recipe().route})")
+    fit.add_argument("--budget", help="route auto: time budget for measuring and every candidate, e.g. 15m, 90s, 1.5h (default: none)")
     fit.add_argument("--backbone", help="timm name, tv:NAME (torchvision), a graft net, or run:PATH")
     fit.add_argument("--weights", help=".safetensors/.pth state dict or a graft run directory")
     fit.add_argument("--no-pretrained", action="store_true", help="random initial weights")
@@ -125,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="folder for confusion.png and evaluation.json (default RUN/evaluations/NAME)")
     ev.add_argument("--task", help="a grown run's task (name or index) that answers; default: its latest task")
     _add_device_arguments(ev)
+    _add_tta_argument(ev)
 
     pr = command("predict", "Top-k classes of images with a trained RUN.")
     pr.add_argument("run")
@@ -133,6 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--format", choices=["csv", "json"], default="csv")
     pr.add_argument("--task", help="a grown run's task (name or index) that answers; default: its latest task")
     _add_device_arguments(pr)
+    _add_tta_argument(pr)
 
     ex = command("export", "Export RUN to ONNX, TorchScript or a folder plain timm loads, and check its outputs against PyTorch.")
     ex.add_argument("run")
@@ -226,6 +231,11 @@ def _logger_overrides(args: argparse.Namespace) -> list[str]:
     return [f"runtime.loggers={json.dumps(args.logger)}"] if args.logger else []
 
 
+def _add_tta_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tta", choices=["none", "flip"], help="test-time augmentation: flip averages the probabilities of each image "
+                                                           "and its mirror image (default: what the run recorded; route auto records it)")
+
+
 def _add_device_arguments(parser: argparse.ArgumentParser) -> None:
     """Where a command's forward passes run (the run lifecycle's device and precision)."""
     parser.add_argument("--precision", help="forward passes under this precision, e.g. 32-true, bf16-mixed, 16-mixed (default: the run's)")
@@ -313,13 +323,15 @@ def _fit(args: argparse.Namespace) -> None:
     overrides += ["pseudo.audit=true"] * args.audit + ["distill.with_pseudo=true"] * args.with_pseudo
     overrides += _logger_overrides(args) + args.set
     if args.resume:
+        if args.budget:
+            raise GraftError("--budget: a resumed run keeps its own settings; leave --budget out with --resume")
         run = fit(resume=args.resume, overrides=overrides, quiet=args.quiet)
     else:
         if not args.data:
             raise GraftError("give DATA (or --resume RUN); see `graft fit --help`")
         recipe = Recipe.from_yaml(args.recipe) if args.recipe else None
         run = fit(args.data, route=args.route, backbone=args.backbone, weights=args.weights, val=args.val, test=args.test,
-                  out=args.out, recipe=recipe, overrides=overrides, quiet=args.quiet)
+                  out=args.out, recipe=recipe, overrides=overrides, quiet=args.quiet, budget=args.budget)
     print(run.path)
 
 
@@ -341,7 +353,8 @@ def _grow(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from graft.api import evaluate
 
-    evaluation = evaluate(args.run, args.data, out=args.out, task=args.task, precision=args.precision, accelerator=args.accelerator)
+    evaluation = evaluate(args.run, args.data, out=args.out, task=args.task, precision=args.precision, accelerator=args.accelerator,
+                          tta=args.tta)
     if args.json:
         print(json.dumps(evaluation.to_dict()))
         return
@@ -367,7 +380,8 @@ def _predict(args: argparse.Namespace) -> None:
 
     if args.top_k < 1:
         raise GraftError(f"--top-k {args.top_k}: give how many classes to list, 1 or more")
-    results = predict(args.run, args.images, top_k=args.top_k, task=args.task, precision=args.precision, accelerator=args.accelerator)
+    results = predict(args.run, args.images, top_k=args.top_k, task=args.task, precision=args.precision, accelerator=args.accelerator,
+                      tta=args.tta)
     if args.format == "json":
         print(json.dumps(results))
         return

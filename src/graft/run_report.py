@@ -157,6 +157,20 @@ def _top_losses_section(top: TopLosses, classes: list[str]) -> str:
                  id="top-losses")
 
 
+def _auto_section(auto: dict[str, Any]) -> str:
+    """Why route auto returned this model, its measurements, and the candidates' validation leaderboard."""
+    rows = [{"route": r["route"], "status": r["status"], "val accuracy": "-" if r["val_accuracy"] is None else percent(r["val_accuracy"]),
+             "seconds": r["seconds"], "run or reason": r["run"] or r["reason"]} for r in auto["leaderboard"]]
+    combined = auto.get("ensemble", {})
+    if combined.get("tried"):
+        rows.append({"route": "ensemble " + " + ".join(f"{w:.2f} x {n}" for n, w in combined["weights"].items()),
+                     "status": "used" if combined["used"] else "not used", "val accuracy": percent(combined["val_accuracy"]),
+                     "seconds": "-", "run or reason": combined["method"]})
+    return (f"<p id='auto-why'>{html.escape(auto['why'])}</p><p>measured: {html.escape(auto['measurements']['measured'])}</p>"
+            f"<p>test-time augmentation: {html.escape(auto['tta']['used'])} ({html.escape(auto['tta']['reason'])}); "
+            f"chosen on the {html.escape(auto['selected_on'])}</p>" + table(rows, id="auto-leaderboard"))
+
+
 def _read_json(path: Path) -> Optional[dict[str, Any]]:
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -173,6 +187,8 @@ def write_run_report(folder: Path) -> Path:
                                     **{k: formatted(k, v) for k, v in metrics.items()}}], id="summary")),
                 ("Recipe", "<ul id='recipe'>" + "".join(f"<li>{html.escape(line)}</li>" for line in recipe_lines(meta.get("recipe", {})))
                  + "</ul><p>recipe.yaml holds every key.</p>")]
+    if meta.get("auto"):
+        sections.append(("Route auto: how this model was chosen", _auto_section(meta["auto"])))
     if summary is not None:
         sections.append(("Data", _data_section(summary)))
     elif meta.get("skipped_files"):

@@ -1,0 +1,236 @@
+"""Route ``auto`` (``graft fit DATA --route auto [--budget 15m]``): measure, try, pick and combine, by validation only.
+
+1. Measure the training split as `graft advise` does (size, closeness to the backbone's source).
+2. Fit candidates on the run's own train/val split, none of them given a test split (``data.hold_out_test``):
+   the probe (``linear``, always run, with validation held out of its fit: ``linear.pool_validation=false``, so its
+   validation accuracy is honest), the other cached-feature routes, then the gradient routes in advise's order,
+   skipped or stopped by the budget as in `graft compare` (:class:`graft.comparison.BudgetedRunner`).
+   They live in ``RUN/candidates/<route>``.
+3. Score every finished candidate's validation probabilities; the winner is the best validation accuracy (ties: the
+   lower validation log-loss). With two or more candidates, greedy ensemble selection with replacement (Caruana et al.
+   2004, :func:`graft.ensembles.greedy_selection`) on the same validation probabilities; an ensemble of two or more
+   members that beats the best single candidate on validation is the result (route ``ensemble``).
+4. Horizontal-flip test-time augmentation is kept only when it raises the winner's validation accuracy (and never for
+   runs trained without flips).
+5. Only then is the test split read: the winner is evaluated on it once. The result is an ordinary run directory of the
+   winner (its recipe, weights, curves), whose model.json ``auto`` key and report hold the leaderboard (validation
+   numbers), the measurements and why the winner won.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from graft import fitting
+from graft.advice import advise
+from graft.comparison import BudgetedRunner, default_routes, measure_throughput, order_routes, parse_budget
+from graft.data.sources import ImageSet
+from graft.ensembles import Ensemble, greedy_selection, same_preprocessing
+from graft.errors import GraftError
+from graft.evaluation import evaluate_logits
+from graft.inference import resolve_tta, run_probabilities, run_scores
+from graft.lifecycle import Lifecycle, as_path, resolve_recipe
+from graft.recipe import Recipe
+from graft.routes import get_route
+from graft.run_files import absolute_paths
+from graft.runs import Run, RunDirectory
+
+AUTO = "auto"
+PROBE = "linear"  # always fitted, whatever the budget: the floor auto returns when nothing else fits in it
+
+
+def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] = None, weights: Optional[str] = None, *,
+        val: Any = None, test: Any = None, out: Optional[str | Path] = None, recipe: Optional[Recipe] = None,
+        overrides: Sequence[str] = (), quiet: bool = False, progress: bool = True, resume: Optional[str | Path] = None,
+        callbacks: Sequence[Callable[[dict[str, Any]], None]] = (), budget: Optional[str | float] = None, **auto: Any) -> Run:
+    """`graft fit`: ``route="auto"`` (see the module docstring; ``budget`` and the keywords of :func:`fit_auto`), any
+    other route by :func:`graft.fitting.fit`.
+
+    >>> run = graft.fit("train.npz", route="auto", backbone="mobilenetv2_100", weights="mnv2.safetensors", budget="15m")
+    >>> run.meta["auto"]["winner"], run.metrics["test_accuracy"]
+    """
+    if resume is not None:
+        _, saved = RunDirectory.reopen(resume)
+        if saved.route == AUTO:
+            raise GraftError(f"{resume}: an interrupted route auto cannot be resumed (its finished candidates are in "
+                             f"{Path(resume)}/candidates); run `graft fit ... --route auto` again with another --out")
+    elif (route if route is not None else recipe.route if recipe is not None else None) == AUTO:
+        return fit_auto(data, backbone, weights, val=val, test=test, out=out, recipe=recipe, overrides=overrides, quiet=quiet,
+                        budget=budget, **auto)
+    if budget is not None or auto:
+        given = "--budget" if budget is not None else ", ".join(auto)
+        raise GraftError(f"{given} applies to --route auto (and `graft compare`); leave it out for route {route or 'the recipe route'}")
+    return fitting.fit(data, route, backbone, weights, val=val, test=test, out=out, recipe=recipe, overrides=overrides, quiet=quiet,
+                       progress=progress, resume=resume, callbacks=callbacks)
+
+
+def fit_auto(data: Any = None, backbone: Optional[str] = None, weights: Optional[str] = None, *, val: Any = None, test: Any = None,
+             out: Optional[str | Path] = None, recipe: Optional[Recipe] = None, overrides: Sequence[str] = (), quiet: bool = False,
+             budget: Optional[str | float] = None, routes: Optional[Sequence[str]] = None, ensemble: str = "auto",
+             tta: str = "auto") -> Run:
+    """Route auto on ``data``: the winner's run (see the module docstring).
+
+    ``routes``: the candidates (default: the cached-feature routes, then advise's ranking); the probe always runs.
+    ``ensemble``: auto (when it wins on validation), never, or always (equal weights on every finished candidate: for tests
+    and studies). ``tta``: auto (flip when it wins on validation), none or flip.
+    """
+    if ensemble not in ("auto", "never", "always") or tta not in ("auto", "none", "flip"):
+        raise GraftError(f"ensemble={ensemble!r}, tta={tta!r}: choose ensemble auto, never or always and tta auto, none or flip")
+    limit = parse_budget(budget)
+    started = time.time()
+    base = resolve_recipe(recipe, overrides, route=AUTO, **{"model.backbone": backbone, "model.weights": weights,
+                          "data.train": as_path(data), "data.val": as_path(val), "data.test": as_path(test),
+                          "runtime.out": None if out is None else str(out), "runtime.quiet": quiet or None})
+    life = Lifecycle.start(base)
+    reporter = life.reporter
+    train, val_set, test_set = life.splits()
+    if train.multilabel:
+        raise GraftError(f"{train.origin}: route auto covers single-label data; this set has several labels per image "
+                         "(use --route finetune or adapt)")
+    if val_set is None or not len(val_set):
+        raise GraftError("route auto picks by validation accuracy and there is no validation split; give --val DATA or a "
+                         "--val-fraction above 0")
+    advice = advise(train, base.model.backbone, base.model.weights, val=val_set, seed=base.runtime.seed,
+                    overrides=_measuring_overrides(base), quiet=True)
+    order = order_routes(list(routes) if routes else [*[r for r in default_routes() if get_route(r).features_only], *advice.routes])
+    order = order_routes([PROBE, *order]) if PROBE not in order else order
+    reporter.print(f"route auto: {advice.size} + {advice.similarity} ({advice.measured}); candidates in order: {', '.join(order)}"
+                   + (f"; budget {limit:.0f} s" if limit else ""))
+    run, _, _ = life.open_run(None, data={"train": train, "val": val_set, "test": test_set})
+    # candidates get the same train and val images and no test images (a given --test file is not passed on at all)
+    held_out = ["data.test=null", "data.test_fraction=0"] if base.data.test else ["data.hold_out_test=true"]
+    candidate_recipe = base.override([*held_out, "linear.pool_validation=false"])
+    speed = measure_throughput(base, train, placement=life.placement)
+    runner = BudgetedRunner(started, limit, {"train": len(train), "val": len(val_set), "test": 0}, speed, reporter)
+    library: dict[str, tuple[Run, np.ndarray]] = {}
+    rows = []
+    for name in order:
+        entry, candidate = runner.run(name, base.runtime.seed, candidate_recipe, run.work / "candidates" / name, data, val, None,
+                                      exempt=name == PROBE)
+        row = {"route": name, "status": entry.status, "val_accuracy": None, "val_log_loss": None, "seconds": entry.seconds,
+               "estimated_seconds": round(entry.estimate, 1), "run": f"candidates/{name}" if candidate is not None else None,
+               "reason": entry.reason}
+        if candidate is not None:
+            _check_same_split(candidate, train, val_set)
+            probabilities = run_probabilities(candidate, run_scores(candidate, val_set, placement=life.placement, tta="none"))
+            library[name] = (candidate, probabilities)
+            row["val_accuracy"], row["val_log_loss"] = _accuracy_and_loss(probabilities, val_set.labels)
+            reporter.print(f"{name}: validation accuracy {100 * row['val_accuracy']:.1f}% in {entry.seconds:.0f} s")
+        rows.append(row)
+    if not library:
+        raise GraftError("route auto: no candidate finished (" + "; ".join(f"{r['route']} {r['status']}: {r['reason']}" for r in rows)
+                         + "); give a larger --budget or check the data")
+    done = sorted((r for r in rows if r["val_accuracy"] is not None), key=lambda r: (-r["val_accuracy"], r["val_log_loss"]))
+    best = done[0]
+    model, meta, chosen_accuracy, why, combined = _choose(library, best, val_set, ensemble, base, run.path)
+    chosen = Run(run.path, model, meta)
+    tta_choice = _choose_tta(chosen, val_set, chosen_accuracy, tta, life)
+    meta["tta"] = tta_choice["used"]
+    if tta_choice["used"] == "flip":
+        chosen_accuracy = tta_choice["val_accuracy_flip"]
+    evaluation, logits, metrics = None, None, {}
+    if test_set is not None and len(test_set):  # the first and only time the test split is read
+        logits = run_scores(chosen, test_set, placement=life.placement, tta=meta["tta"])
+        evaluation = evaluate_logits(logits, test_set.labels, test_set.classes)
+        metrics = {"test_accuracy": evaluation.accuracy, "test_count": evaluation.count}
+    meta["metrics"] = {**{k: v for k, v in meta.get("metrics", {}).items() if not k.startswith("test_")},
+                       "seconds": round(time.time() - started, 2), **metrics, "val_accuracy": chosen_accuracy}
+    meta["auto"] = {"winner": meta["route"], "why": why, "leaderboard": rows, "measurements": advice.to_dict(), "order": order,
+                    "budget_seconds": limit, "ensemble": combined, "tta": tta_choice, "candidates": "candidates",
+                    "selected_on": f"validation split ({len(val_set)} images); test split read once, by the winner"}
+    reporter.print(f"route auto: {why}")
+    return life.finish_run(run, model, meta, evaluation, splits={"train": train, "val": val_set, "test": test_set}, test_logits=logits)
+
+
+def _measuring_overrides(recipe: Recipe) -> list[str]:
+    """The recipe keys advise's measurement must share with the runs (input size, preprocessing, device)."""
+    keys = {"data.image_size": recipe.data.image_size, "data.crop_pct": recipe.data.crop_pct, "data.interpolation": recipe.data.interpolation,
+            "model.pretrained": recipe.model.pretrained, "runtime.accelerator": recipe.runtime.accelerator,
+            "runtime.precision": recipe.runtime.precision, "runtime.threads": recipe.runtime.threads}
+    return [f"{key}={json.dumps(value)}" for key, value in keys.items() if value is not None]
+
+
+def _check_same_split(candidate: Run, train: ImageSet, val: ImageSet) -> None:
+    """Ensemble weights and the choice are only fair on one validation split: a candidate on other images is a bug, not a result."""
+    prints = json.loads((candidate.path / "data.json").read_text()) if (candidate.path / "data.json").exists() else {}
+    if prints.get("train") != train.fingerprint() or prints.get("val") != val.fingerprint() or "test" in prints:
+        raise GraftError(f"{candidate.path}: this candidate was fitted on other images than route auto's train/val split")
+
+
+def _accuracy_and_loss(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    accuracy = float((probabilities.argmax(1) == labels).mean())
+    return accuracy, float(-np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, None)).mean())
+
+
+def _choose(library: dict[str, tuple[Run, np.ndarray]], best: dict[str, Any], val: ImageSet, ensemble: str, base: Recipe,
+            path: Path) -> tuple[Any, dict[str, Any], float, str, dict[str, Any]]:
+    """(model, meta, validation accuracy, why, the ensemble attempt) of the result: the best candidate, or an ensemble."""
+    winner, _ = library[best["route"]]
+    # members must take one input: candidates whose preprocessing differs from the winner's are left out of the library
+    names = [n for n, (r, _) in library.items() if same_preprocessing([r.meta["preprocessing"], winner.meta["preprocessing"]])]
+    combined: dict[str, Any] = {"tried": False, "reason": "fewer than two finished candidates with the same preprocessing"}
+    weights: Optional[np.ndarray] = None
+    if ensemble != "never" and len(names) >= 2:
+        selection = greedy_selection([library[n][1] for n in names], val.labels)
+        weights = selection.weights if ensemble == "auto" else np.full(len(names), 1 / len(names))
+        mixed = sum(w * library[n][1] for w, n in zip(weights, names))
+        accuracy, loss = _accuracy_and_loss(mixed, val.labels)
+        members = {n: round(float(w), 4) for n, w in zip(names, weights) if w > 0}
+        combined = {"tried": True, "method": "greedy selection with replacement (Caruana et al. 2004)" if ensemble == "auto" else "equal weights",
+                    "weights": members, "val_accuracy": accuracy, "val_log_loss": loss,
+                    "gain_val": accuracy - best["val_accuracy"], "used": False}
+        if len(members) >= 2 and (ensemble == "always" or accuracy > best["val_accuracy"]):
+            combined["used"] = True
+            chosen = [n for n in names if n in members]
+            model = Ensemble([library[n][0].model for n in chosen], [members[n] for n in chosen])
+            meta = {"backbone": winner.meta["backbone"], "route": "ensemble", "classes": winner.classes,
+                    "preprocessing": winner.meta["preprocessing"], "metrics": {}, "history": [], "info": {},
+                    "skipped_files": winner.meta.get("skipped_files", []), "recipe": base.to_dict(), "multilabel": False,
+                    "ensemble": {"members": [{"run": f"candidates/{n}", "route": n, "backbone": library[n][0].meta["backbone"],
+                                              "head": library[n][0].meta.get("info", {}).get("head"), "weight": members[n]} for n in chosen]}}
+            why = (f"the ensemble {' + '.join(f'{members[n]:.2f} x {n}' for n in chosen)} has validation accuracy {100 * accuracy:.1f}%, "
+                   f"{100 * (accuracy - best['val_accuracy']):+.1f} points over the best single candidate {best['route']}")
+            return model, meta, accuracy, why, combined
+    runner_up = [r for r in library if r != best["route"]]
+    why = (f"{best['route']} has the best validation accuracy ({100 * best['val_accuracy']:.1f}%) of {len(library)} finished "
+           f"candidate(s)" + (f"; the ensemble did not beat it ({100 * combined['val_accuracy']:.1f}%)" if combined.get("tried") else "")
+           + ("" if runner_up else "; no other candidate finished"))
+    meta = dict(winner.meta)
+    values = Recipe.from_dict(meta["recipe"]).override([f"data.test={json.dumps(base.data.test)}", f"data.test_fraction={base.data.test_fraction}",
+                                                        "data.hold_out_test=false"])
+    meta["recipe"] = values.to_dict()
+    _adopt_files(winner.path, path, values)
+    return winner.model, meta, best["val_accuracy"], why, combined
+
+
+def _adopt_files(candidate: Path, final: Path, recipe: Recipe) -> None:
+    """The run becomes the winner's: its recipe (with the run's test split) and its training records (the curves)."""
+    work = RunDirectory(final).work
+    (work / "recipe.yaml").write_text(absolute_paths(recipe).to_yaml())
+    records = (candidate / "metrics.jsonl").read_text() if (candidate / "metrics.jsonl").exists() else ""
+    with (work / "metrics.jsonl").open("a") as handle:
+        handle.write("".join(line + "\n" for line in records.splitlines() if '"event": "done"' not in line))
+
+
+def _choose_tta(chosen: Run, val: ImageSet, plain: float, tta: str, life: Lifecycle) -> dict[str, Any]:
+    """Whether the result answers with flip averaging: kept (tta auto) only when it raises validation accuracy."""
+    if tta == "none":
+        return {"used": "none", "reason": "tta none was asked for"}
+    try:
+        resolve_tta(chosen, "flip")
+    except GraftError as refused:
+        if tta == "flip":
+            raise
+        return {"used": "none", "reason": str(refused)}
+    scores = run_scores(chosen, val, placement=life.placement, tta="flip")
+    flipped = float((scores.argmax(1) == val.labels).mean())
+    used = "flip" if tta == "flip" or flipped > plain else "none"
+    return {"used": used, "val_accuracy_plain": plain, "val_accuracy_flip": flipped,
+            "reason": "asked for" if tta == "flip" else f"validation accuracy {100 * plain:.1f}% plain, {100 * flipped:.1f}% with flips"}
+
+
+__all__ = ["AUTO", "fit", "fit_auto"]
