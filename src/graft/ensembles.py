@@ -81,7 +81,7 @@ class Ensemble(nn.Module):
         self.register_buffer("weights", torch.tensor([float(w) for w in weights]) / float(sum(weights)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        mixed = sum(w * torch.softmax(m(images).float(), 1) for w, m in zip(self.weights, self.members))
+        mixed = sum(self.weights[i] * torch.softmax(member(images).float(), 1) for i, member in enumerate(self.members))
         return torch.log(mixed.clamp_min(1e-12))
 
 
