@@ -1,0 +1,161 @@
+"""Route auto against the best single route: test accuracy, the route it chose, and what ensembling did.
+
+Tasks of bench/transfer_basics.py (CIFAR-10 with 100 and 1000 labels/class on the full test split, PneumoniaMNIST
+with its official val/test), 3 seeds, 96 px, the shared ImageNet MobileNetV2, the same stages as there. Each run of
+``--route auto`` gets a budget of 1.5x the mean seconds of the task's best single route (best mean test accuracy in
+bench/results/transfer_basics.json). Ensembling is measured on validation (what auto saw) and on test: the test
+accuracy of the ensemble tried against that of the best single candidate, both computed here after the run (auto
+itself reads the test split once, with its winner).
+
+    python bench/auto.py                       # everything (hours on 2 CPU cores)
+    python bench/auto.py --tasks pneumonia --seeds 0
+    python bench/auto.py --quick               # minutes: checks the script, numbers mean nothing
+    python bench/auto.py --table
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common import MOBILENET, SHARED, add_row, current, mean_std, require_shared, subset_npz
+from transfer_basics import stages_for, task_data
+
+TASKS = ["cifar10-100", "pneumonia", "cifar10-1000"]
+RESULTS = Path(__file__).parent / "results"
+BUDGET_FACTOR = 1.5
+
+
+def best_single(task: str, basics: dict[str, Any]) -> dict[str, Any]:
+    """The route with the best mean test accuracy on ``task`` in transfer_basics' current rows, its mean and mean seconds."""
+    rows = [r for r in basics["runs"] if r["task"] == task and current(r)]
+    routes = {r["route"] for r in rows}
+    if not routes:
+        raise SystemExit(f"bench/results/transfer_basics.json has no current rows of {task}; run bench/transfer_basics.py first")
+    means = {route: statistics.mean(r["test_accuracy"] for r in rows if r["route"] == route) for route in routes}
+    route = max(means, key=means.get)
+    seconds = statistics.mean(r["seconds"] for r in rows if r["route"] == route)
+    return {"route": route, "test_accuracy": means[route], "seconds": seconds}
+
+
+def quick_data(seed: int, folder: Path) -> dict[str, str]:
+    """A tiny CIFAR-10 task: 10 labels per class, 200 test images."""
+    test = folder / "cifar10_test_200.npz"
+    if not test.exists():
+        data = np.load(SHARED / "datasets" / "cifar10_test.npz")
+        np.savez(test, images=data["images"][:200], labels=data["labels"][:200], classes=data["classes"])
+    return {"data": str(subset_npz(SHARED / "datasets" / "cifar10_train.npz", 10, seed, folder)), "test": str(test)}
+
+
+def ensemble_on_test(run: Any, test: str) -> dict[str, Any]:
+    """Test accuracy of the best single candidate and of the ensemble auto tried (whether or not it kept it)."""
+    import graft
+    from graft.data.sources import load_images
+    from graft.inference import run_probabilities, run_scores
+
+    auto = run.meta["auto"]
+    images = load_images(test, classes=run.classes)
+    done = sorted((r for r in auto["leaderboard"] if r["val_accuracy"] is not None), key=lambda r: (-r["val_accuracy"], r["val_log_loss"]))
+    probabilities: dict[str, np.ndarray] = {}
+
+    def of(route: str) -> np.ndarray:
+        if route not in probabilities:
+            member = graft.load_run(run.path / "candidates" / route)
+            probabilities[route] = run_probabilities(member, run_scores(member, images, tta="none"))
+        return probabilities[route]
+
+    accuracy = lambda p: float((p.argmax(1) == images.labels).mean())  # noqa: E731
+    single = accuracy(of(done[0]["route"]))
+    tried = auto["ensemble"]
+    if not tried.get("tried"):
+        return {"best_single_route": done[0]["route"], "best_single_test": single, "ensemble_test": None, "ensemble_gain_test": None}
+    weights = tried["weights"]
+    mixed = sum(w * of(route) for route, w in weights.items()) / sum(weights.values())
+    return {"best_single_route": done[0]["route"], "best_single_test": single, "ensemble_test": accuracy(mixed),
+            "ensemble_gain_test": accuracy(mixed) - single}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--stages", default="new:1,all:9", help="stages for cifar10-100 (as transfer_basics)")
+    parser.add_argument("--stages-large", default="new:1,all:4", help="stages for cifar10-1000 and pneumonia (as transfer_basics)")
+    parser.add_argument("--quick", action="store_true", help="one tiny task (CIFAR-10, 10 labels/class, 32 px, 1 epoch, 200 test images) "
+                                                             "into results/auto_quick.json: checks the script, not the method")
+    parser.add_argument("--out", help="results file (default results/auto.json, or results/auto_quick.json with --quick)")
+    parser.add_argument("--table", action="store_true", help="only print the table of the results saved in --out")
+    args = parser.parse_args()
+    out = Path(args.out) if args.out else RESULTS / ("auto_quick.json" if args.quick else "auto.json")
+    if args.table:
+        print_table(json.loads(out.read_text()))
+        return
+    require_shared()
+    import graft
+
+    basics = json.loads((RESULTS / "transfer_basics.json").read_text())
+    results = json.loads(out.read_text()) if out.exists() else {"runs": []}
+    done = {(r["task"], r["seed"]) for r in results["runs"]}
+    work = Path(tempfile.mkdtemp(prefix="graft-bench-auto-"))
+    os.environ.setdefault("GRAFT_CACHE", str(work / "cache"))
+    tasks = ["quick"] if args.quick else args.tasks
+    for task in tasks:
+        if args.quick:
+            reference = {"route": "-", "test_accuracy": float("nan"), "seconds": 120 / BUDGET_FACTOR}
+            size, stages = 32, "new:1,all:1"
+        else:
+            reference, size, stages = best_single(task, basics), args.image_size, stages_for(task, args)
+        budget = round(BUDGET_FACTOR * reference["seconds"], 1)
+        for seed in args.seeds[:1] if args.quick else args.seeds:
+            if (task, seed) in done:
+                continue
+            files = quick_data(seed, work) if args.quick else task_data(task, seed, work)
+            started = time.time()
+            run = graft.fit(files["data"], route="auto", backbone="mobilenetv2_100", weights=str(MOBILENET), val=files.get("val"),
+                            test=files["test"], out=work / f"{task}-auto-s{seed}", quiet=True, budget=budget,
+                            overrides=[f"data.image_size={size}", "data.test_fraction=0", f"runtime.seed={seed}", f"train.stages={stages}"])
+            auto = run.meta["auto"]
+            row = {"task": task, "seed": seed, "test_accuracy": run.metrics["test_accuracy"], "seconds": round(time.time() - started, 1),
+                   "budget_seconds": budget, "chosen": run.meta["route"], "tta": run.meta["tta"],
+                   "members": auto["ensemble"].get("weights") if run.meta["route"] == "ensemble" else None,
+                   "ensemble_gain_val": auto["ensemble"].get("gain_val"), "ensemble_used": auto["ensemble"].get("used", False),
+                   "candidates": {r["route"]: {"status": r["status"], "val_accuracy": r["val_accuracy"], "seconds": r["seconds"]}
+                                  for r in auto["leaderboard"]},
+                   "reference": reference, "stages": stages, "image_size": size, **ensemble_on_test(run, files["test"])}
+            results = add_row(out, row, config={k: v for k, v in vars(args).items() if k not in ("table", "out")})
+            print({k: row[k] for k in ("task", "seed", "test_accuracy", "chosen", "ensemble_gain_val", "ensemble_gain_test", "seconds")},
+                  flush=True)
+            shutil.rmtree(run.path, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
+    print_table(results)
+
+
+def print_table(results: dict[str, Any]) -> None:
+    rows = results["runs"]
+    print("route auto under 1.5x the best single route's mean time: test accuracy %, mean ± std over seeds\n")
+    print("| task | best single route (mean) | auto | auto >= best? | chosen | ensemble gain, val | ensemble gain, test | "
+          "seconds (budget) | seeds |\n|---|---|---|---|---|---|---|---|---|")
+    for task in dict.fromkeys(r["task"] for r in rows):
+        mine = [r for r in rows if r["task"] == task]
+        reference = mine[0]["reference"]
+        accuracy = statistics.mean(r["test_accuracy"] for r in mine)
+        chosen = ", ".join(f"{name} x{sum(r['chosen'] == name for r in mine)}" for name in dict.fromkeys(r["chosen"] for r in mine))
+        gain = lambda key: mean_std([r[key] for r in mine if r[key] is not None])  # noqa: E731  (points, as %)
+        verdict = "-" if reference["test_accuracy"] != reference["test_accuracy"] else ("yes" if accuracy >= reference["test_accuracy"] else "no")
+        seconds = statistics.mean(r["seconds"] for r in mine)
+        print(f"| {task} | {reference['route']} {100 * reference['test_accuracy']:.1f} | {mean_std([r['test_accuracy'] for r in mine])} | "
+              f"{verdict} | {chosen} | {gain('ensemble_gain_val')} | {gain('ensemble_gain_test')} | {seconds:.0f} ({mine[0]['budget_seconds']:.0f}) | "
+              f"{','.join(str(r['seed']) for r in mine)} |")
+
+
+if __name__ == "__main__":
+    main()
