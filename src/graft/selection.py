@@ -47,11 +47,12 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
         val: Any = None, test: Any = None, out: Optional[str | Path] = None, recipe: Optional[Recipe] = None,
         overrides: Sequence[str] = (), quiet: bool = False, progress: bool = True, resume: Optional[str | Path] = None,
         callbacks: Sequence[Callable[[dict[str, Any]], None]] = (), budget: Optional[str | float] = None, **auto: Any) -> Run:
-    """`graft fit`: ``route="auto"`` (see the module docstring; ``budget`` and the keywords of :func:`fit_auto`), any
-    other route by :func:`graft.fitting.fit`.
+    """Train a classifier on ``data`` by ``route`` and return the finished :class:`Run`: any route by
+    :func:`graft.fitting.fit`; ``route="auto"`` measures the data, tries routes within ``budget`` (e.g. "15m") and keeps
+    the best on validation, or their ensemble (:func:`fit_auto`, whose keywords ``routes``, ``ensemble`` and ``tta`` it takes).
 
     >>> run = graft.fit("train.npz", route="auto", backbone="mobilenetv2_100", weights="mnv2.safetensors", budget="15m")
-    >>> run.meta["auto"]["winner"], run.metrics["test_accuracy"]
+    >>> run.meta["route"], run.metrics["test_accuracy"]  # the winner (or "ensemble"); model.json's "auto" says why
     """
     if resume is not None:
         _, saved = RunDirectory.reopen(resume)
@@ -85,6 +86,9 @@ def fit_auto(data: Any = None, backbone: Optional[str] = None, weights: Optional
     base = resolve_recipe(recipe, overrides, route=AUTO, **{"model.backbone": backbone, "model.weights": weights,
                           "data.train": as_path(data), "data.val": as_path(val), "data.test": as_path(test),
                           "runtime.out": None if out is None else str(out), "runtime.quiet": quiet or None})
+    if base.runtime.devices != "1":
+        raise GraftError(f"--devices {base.runtime.devices}: route auto fits its candidates one after another on one device; "
+                         "leave out --devices (or fit one route on several devices)")
     life = Lifecycle.start(base)
     reporter = life.reporter
     train, val_set, test_set = life.splits()
