@@ -138,9 +138,10 @@ class DistillConfig:
 class PseudoConfig:
     """Pseudo-labelling (Lee 2013; DESIGN.md route 10)."""
 
-    threshold: Optional[float] = 0.7  # a pseudo-label needs at least this probability (None: Lee's every image); label smoothing caps confidence near 0.9
+    threshold: Optional[float] = None  # global threshold τ; None: self-adaptive, the pool's mean top probability (FreeMatch); 0: every image (Lee)
+    per_class: bool = True  # scale τ per class by how confidently the model predicts the class (FreeMatch/FlexMatch)
     top_k: Optional[int] = None  # at most this many per class, the most confident first
-    balance: bool = True  # every class keeps as many as the class with the fewest confident images
+    balance: bool = False  # every class keeps as many as the class with the fewest candidates
     alpha_f: float = 3.0  # final weight of the pseudo-label loss (Lee: 3)
     ramp_start: float = 0.1  # T1 as a fraction of training: weight 0 before
     ramp_end: float = 0.6  # T2 as a fraction of training: weight alpha_f from here on

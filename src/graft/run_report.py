@@ -173,6 +173,9 @@ def write_run_report(folder: Path) -> Path:
                                     **{k: formatted(k, v) for k, v in metrics.items()}}], id="summary")),
                 ("Recipe", "<ul id='recipe'>" + "".join(f"<li>{html.escape(line)}</li>" for line in recipe_lines(meta.get("recipe", {})))
                  + "</ul><p>recipe.yaml holds every key.</p>")]
+    warnings = meta.get("info", {}).get("warnings", [])
+    if warnings:
+        sections.append(("Warnings", "<ul id='warnings'>" + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul>"))
     if summary is not None:
         sections.append(("Data", _data_section(summary)))
     elif meta.get("skipped_files"):

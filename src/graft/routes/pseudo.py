@@ -47,18 +47,41 @@ def student_plan(context: Context, model: nn.Module) -> tuple[Context, list[Stag
     return context, stages, {"student_start": "pretrained, linear probe", **info}
 
 
+FEW_SELECTED = 0.05  # under this share of the pool the run warns: pseudo-labelling then barely differs from labels only
+
+
 def choose(probabilities: np.ndarray, config: PseudoConfig, classes: list[str], hidden: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """:func:`select_pseudo_labels` plus what the run records: count per class and, with hidden labels, precision."""
-    indices, labels = select_pseudo_labels(probabilities, config.threshold, config.top_k, config.balance)
+    """:func:`select_pseudo_labels` plus what the run records: count and threshold per class, a warning when under
+    5 % of the pool is chosen (and why), and with hidden labels the precision."""
+    selection = select_pseudo_labels(probabilities, config.threshold, config.top_k, config.balance, config.per_class)
+    indices, labels = selection.indices, selection.labels
     counts = np.bincount(labels, minlength=len(classes))
     record: dict[str, Any] = {"selected": int(len(indices)), "of": int(len(probabilities)),
-                              "per_class": {c: int(n) for c, n in zip(classes, counts)}}
+                              "per_class": {c: int(n) for c, n in zip(classes, counts)},
+                              "thresholds": {c: round(float(t), 4) for c, t in zip(classes, selection.thresholds)},
+                              "mean_confidence": round(selection.mean_confidence, 4)}
+    if len(probabilities) and len(indices) < FEW_SELECTED * len(probabilities):
+        record["warning"] = few_selected_reason(selection, config, len(probabilities))
     if hidden is not None:
         correct = hidden[indices] == labels
         record["precision"] = round(float(correct.mean()), 4) if len(indices) else None
         record["precision_per_class"] = {c: (round(float(correct[labels == i].mean()), 4) if counts[i] else None)
                                          for i, c in enumerate(classes)}
     return indices, labels, record
+
+
+def few_selected_reason(selection, config: PseudoConfig, pool: int) -> str:
+    """Why few pseudo-labels were chosen, and which setting to change."""
+    head = f"only {len(selection.indices)} of {pool} unlabelled images were pseudo-labelled (under {FEW_SELECTED:.0%})"
+    candidates = int(selection.candidates.sum())
+    if candidates < FEW_SELECTED * pool:
+        return (f"{head}: the labeller reaches its class thresholds ({float(selection.thresholds.min()):.2f}-"
+                f"{float(selection.thresholds.max()):.2f}) on {candidates} images (its mean confidence is "
+                f"{selection.mean_confidence:.2f}); lower pseudo.threshold or leave it unset (self-adaptive)")
+    limits = [f"pseudo.top_k={config.top_k}"] if config.top_k is not None else []
+    limits += ["pseudo.balance=true (every class cut to the class with the fewest candidates, "
+               f"{int(selection.candidates[selection.candidates > 0].min()) if candidates else 0})"] if config.balance else []
+    return f"{head}: {candidates} were above their thresholds, cut by {' and '.join(limits)}; raise or unset them"
 
 
 def with_labels(images: ImageSet, labels: np.ndarray) -> ImageSet:
@@ -119,6 +142,9 @@ def pseudo(context: Context) -> RouteResult:
         indices, labels, record = choose(probabilities_of(labeller, labeller_pre, unlabeled, context), config, classes, hidden)
         record["round"] = round_number
         context.run.log(event="pseudo_labels", **record)
+        if "warning" in record:
+            info.setdefault("warnings", []).append(f"round {round_number}: {record['warning']}")
+            context.reporter.print(f"[yellow]warning[/]: round {round_number}: {record['warning']}")
         context.reporter.print(f"round {round_number}: {record['selected']} of {record['of']} unlabelled images pseudo-labelled "
                                f"{record['per_class']}" + (f", precision {record['precision']}" if "precision" in record else ""))
         chosen = unlabeled.subset(indices)

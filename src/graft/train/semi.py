@@ -3,6 +3,8 @@
 - Knowledge distillation, Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network" §2:
   soft targets softmax(z_t/T); the soft-target gradients scale as 1/T², "so it is important to multiply
   them by T²" so that their share stays the same when T changes.
+- Pseudo-label selection: per-class self-adaptive thresholds after FreeMatch (Wang et al. 2023) and FlexMatch
+  (Zhang et al. 2021), see :func:`class_thresholds`.
 - Pseudo-labels, Lee 2013, "Pseudo-Label: The Simple and Efficient Semi-Supervised Learning Method for
   Deep Neural Networks", eq. (15)-(16): L = L_labelled + α(t)·L_pseudo with α(t) ramped linearly from 0
   (t < T1) to α_f (t ≥ T2).
@@ -12,6 +14,7 @@ hands it a labelled batch and an unlabelled batch.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -50,29 +53,58 @@ def pseudo_weight(progress: float, alpha_f: float = 3.0, start: float = 0.1, end
     return alpha_f * (progress - start) / (end - start)
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Which unlabelled images join training (``indices`` sorted, with ``labels``), and the rule that chose them."""
+
+    indices: np.ndarray
+    labels: np.ndarray
+    thresholds: np.ndarray  # (C,) the least probability a pseudo-label of each class needed
+    candidates: np.ndarray  # (C,) images above their class's threshold, before top_k and balance
+    mean_confidence: float  # mean over the pool of the top class probability
+
+
+def class_thresholds(probabilities: np.ndarray, threshold: Optional[float] = None, per_class: bool = True) -> np.ndarray:
+    """(C,) least probability of a pseudo-label of each class. A pure function.
+
+    FreeMatch (Wang et al. 2023, "FreeMatch: Self-adaptive Thresholding for Semi-supervised Learning", §3.2) computed
+    on the whole pool at once: the global threshold τ is the mean top-class probability over the pool (``threshold``
+    None: self-adaptive) or the fixed ``threshold``; ``per_class`` scales it per class by MaxNorm of the mean
+    probability the model gives each class, τ_c = τ · p̃_c / max_c p̃_c, so a class the model rarely predicts
+    confidently (a hard class) needs less, as FlexMatch's "curriculum pseudo-labelling" argues (Zhang et al. 2021).
+    """
+    tau = float(probabilities.max(1).mean()) if threshold is None else float(threshold)
+    classes = probabilities.shape[1]
+    if not per_class or len(probabilities) == 0:
+        return np.full(classes, tau)
+    mean = probabilities.mean(0)
+    return tau * mean / max(float(mean.max()), 1e-12)
+
+
 def select_pseudo_labels(probabilities: np.ndarray, threshold: Optional[float] = None, top_k: Optional[int] = None,
-                         balance: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                         balance: bool = False, per_class: bool = True) -> Selection:
     """Which unlabelled images join training, and with which class. A pure function.
 
     probabilities: (N, C) class probabilities. An image is a candidate for its most probable class if that
-    probability is at least ``threshold`` (None: every image). ``top_k``: each class keeps at most its k most
-    confident candidates. ``balance``: every class keeps as many as the class with the fewest candidates
-    (classes with none are left out, and reported as 0), so no class floods training.
-    Returns (indices (M,) sorted, labels (M,)).
+    probability reaches the class's threshold (:func:`class_thresholds`; ``threshold=0``: every image, as Lee 2013).
+    ``top_k``: each class keeps at most its k most confident candidates. ``balance``: every class keeps as many as
+    the class with the fewest candidates (classes with none are left out, and reported as 0).
     """
     labels = probabilities.argmax(1)
     confidence = probabilities.max(1)
-    candidates = np.ones(len(labels), bool) if threshold is None else confidence >= threshold
-    per_class = []
+    thresholds = class_thresholds(probabilities, threshold, per_class)
+    candidates = confidence >= thresholds[labels] - 1e-12
+    per_class_members = []
     for c in range(probabilities.shape[1]):
         members = np.flatnonzero(candidates & (labels == c))
-        per_class.append(members[np.argsort(-confidence[members], kind="stable")])
+        per_class_members.append(members[np.argsort(-confidence[members], kind="stable")])
     limit = top_k if top_k is not None else len(labels)
     if balance:
-        present = [len(m) for m in per_class if len(m)]
+        present = [len(m) for m in per_class_members if len(m)]
         limit = min([limit, *present]) if present else 0
-    chosen = np.sort(np.concatenate([m[:limit] for m in per_class]).astype(np.int64))
-    return chosen, labels[chosen].astype(np.int64)
+    chosen = np.sort(np.concatenate([m[:limit] for m in per_class_members]).astype(np.int64))
+    return Selection(chosen, labels[chosen].astype(np.int64), thresholds, np.array([len(m) for m in per_class_members]),
+                     float(confidence.mean()) if len(confidence) else 0.0)
 
 
 class SemiStep:
