@@ -124,6 +124,17 @@ class PatchesConfig:
 
 
 @dataclass
+class SpreadConfig:
+    """Label spreading on frozen features (Zhou et al. 2004, as Iscen et al. 2019): route ``spread``."""
+
+    k_grid: list[int] = field(default_factory=lambda: [10, 20, 50])  # neighbours per image tried, chosen on validation
+    alpha_grid: list[float] = field(default_factory=lambda: [0.9, 0.99])  # spreading strength α tried, chosen on validation
+    gamma: float = 3.0  # affinity = cosine similarity ** gamma (Iscen et al.: 3)
+    dims: int = 256  # principal directions kept (whitened) for the k-NN search
+    max_pool: int = 100_000  # at most this many unlabelled images (a seeded sample): the exact k-NN search costs N^2
+
+
+@dataclass
 class DistillConfig:
     """Knowledge distillation (Hinton et al. 2015; DESIGN.md route 9)."""
 
@@ -234,6 +245,7 @@ class Recipe:
     patches: PatchesConfig = field(default_factory=PatchesConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    spread: SpreadConfig = field(default_factory=SpreadConfig)
     grow: GrowConfig = field(default_factory=GrowConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     exemplar: ExemplarConfig = field(default_factory=ExemplarConfig)
