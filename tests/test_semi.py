@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 import graft
@@ -277,3 +278,45 @@ def test_interrupted_pseudo_run_resumes_to_the_same_weights(toy_npz, source_run,
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.meta["info"]["rounds"] == whole.meta["info"]["rounds"]
     assert not (resumed.path / "parts").exists()
+
+
+def test_consistency_step_masks_by_the_shared_threshold_rule():
+    from graft.data.transforms import Preprocessing, TwoViews
+    from graft.recipe import AugmentConfig
+    from graft.train.semi import ConsistencyStep
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
+    images, labels = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    raw = torch.randint(0, 255, (3, 12, 12), dtype=torch.uint8)
+    views = TwoViews(Preprocessing(size=8, mean=(0.5,) * 3, std=(0.5,) * 3), AugmentConfig(preset="flip"))(raw)
+    assert views.shape == (2, 3, 8, 8) and not torch.equal(views[0], views[1])  # the strong view is changed further
+    pool = torch.stack([TwoViews(Preprocessing(size=8, mean=(0.5,) * 3, std=(0.5,) * 3), AugmentConfig(preset="flip"))(raw)
+                        for _ in range(5)])
+    supervised = nn.functional.cross_entropy(model(images), labels)
+    never = ConsistencyStep(3, threshold=1.01, per_class=False)(model, (images, labels), unlabeled=(pool, torch.full((5,), -1)))
+    assert torch.allclose(never["loss"], supervised)  # nothing passes: the labelled loss alone
+    always = ConsistencyStep(3, threshold=0.0, per_class=False, weight=2.0)
+    out = always(model, (images, labels), unlabeled=(pool, torch.full((5,), -1)))
+    guess = model(pool[:, 0]).argmax(1)
+    expected = supervised + 2.0 * nn.functional.cross_entropy(model(pool[:, 1]), guess)
+    assert torch.allclose(out["loss"], expected, atol=1e-6) and always.masked == [5, 5]
+    assert always.state_dict()["mean_top"] > 1 / 3 - 1e-9  # the moving average moved from 1/C towards the batch
+
+
+def test_consistency_route_trains_from_weak_and_strong_views_and_resumes_exactly(toy_npz, source_run, tmp_path):
+    from safetensors.torch import load_file
+
+    common = dict(route="pseudo", backbone="graft_convnet_s", weights=str(source_run.path), quiet=True,
+                  overrides=[*FAST, "train.stages=new:1,all:2", f"data.unlabeled={toy_npz}", "pseudo.method=consistency",
+                             "train.augment.preset=flip"])
+    whole = graft.fit(toy_npz, out=tmp_path / "whole", **common)
+    info = whole.meta["info"]
+    assert info["method"].startswith("consistency") and 0 < info["unlabelled_used"] <= 1
+    assert whole.metrics["test_accuracy"] > 0.6
+    with pytest.raises(KeyboardInterrupt):
+        graft.fit(toy_npz, out=tmp_path / "cut", callbacks=[Interrupt(1)], **common)
+    resumed = graft.fit(resume=tmp_path / "cut", quiet=True)
+    a, b = load_file(str(whole.path / "model.safetensors")), load_file(str(resumed.path / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.meta["info"]["unlabelled_used"] == info["unlabelled_used"]

@@ -156,6 +156,8 @@ class PseudoConfig:
     alpha_f: float = 3.0  # final weight of the pseudo-label loss (Lee: 3)
     ramp_start: float = 0.1  # T1 as a fraction of training: weight 0 before
     ramp_end: float = 0.6  # T2 as a fraction of training: weight alpha_f from here on
+    method: str = "labels"  # labels: a labeller picks pseudo-labels once per round (Lee); consistency: FixMatch's weak/strong views, every batch
+    consistency_weight: float = 1.0  # λ_u of the consistency loss (FixMatch: 1)
     rounds: int = 1  # re-label with the improved model and train again this many times
     audit: bool = False  # measure pseudo-label precision against the .npz's hidden labels (read only then)
 

@@ -153,6 +153,8 @@ RULES: dict[str, Rule] = {
     "pseudo.ramp_start": between(0, 1),
     "pseudo.ramp_end": between(0, 1),
     "pseudo.rounds": COUNT,
+    "pseudo.method": one_of("labels", "consistency"),
+    "pseudo.consistency_weight": at_least(0),
     "grow.epochs": COUNT,
     "grow.units": optional(COUNT),
     "grow.depth_units": optional(COUNT),

@@ -25,7 +25,7 @@ from graft.routes.context import Context, RouteResult
 from graft.routes.linear import probe_model
 from graft.train.groups import Stage, parse_stages
 from graft.train.loop import LoopSetup, train_stages
-from graft.train.semi import SemiStep, pseudo_weight, select_pseudo_labels
+from graft.train.semi import ConsistencyStep, SemiStep, pseudo_weight, select_pseudo_labels
 
 
 def require_unlabeled(context: Context) -> ImageSet:
@@ -123,6 +123,8 @@ def pseudo(context: Context) -> RouteResult:
     config = context.recipe.pseudo
     if config.rounds < 1:
         raise GraftError(f"pseudo.rounds={config.rounds}: give at least 1 round")
+    if config.method == "consistency":
+        return consistency(context, unlabeled)
     hidden = hidden_labels(context.recipe.data.unlabeled, context.train.classes) if config.audit else None
     classes = context.train.classes
     history: list[dict[str, Any]] = []
@@ -155,4 +157,22 @@ def pseudo(context: Context) -> RouteResult:
         info["rounds"].append(record)
         info.update(start)
         labeller, labeller_pre = model, context.preprocessing(model)
+    return RouteResult(model, info, history)
+
+
+def consistency(context: Context, unlabeled: ImageSet) -> RouteResult:
+    """``pseudo.method=consistency``: FixMatch (Sohn et al. 2020) in graft's one loop, from the pretrained backbone
+    planned as ``lpft`` (a probe, then the recipe's stages); no labeller, no rounds (:class:`ConsistencyStep`)."""
+    config = context.recipe.pseudo
+    if context.recipe.distill.teacher:
+        raise GraftError("pseudo.method=consistency labels the unlabelled images with the model itself; drop --teacher "
+                         "(or use pseudo.method=labels to have the teacher label them)")
+    step = ConsistencyStep(context.num_classes, config.threshold, config.per_class, config.consistency_weight,
+                           label_smoothing=context.recipe.train.label_smoothing)
+    model, history, info = train_student(context, unlabeled, step, part="consistency")
+    masked, seen = step.masked
+    info = {**info, "method": "consistency (FixMatch)", "unlabelled_used": round(masked / seen, 4) if seen else None,
+            "final_mean_confidence": round(step.mean_top, 4)}
+    context.reporter.print(f"consistency: {info['unlabelled_used']:.1%} of the unlabelled views seen passed their class threshold"
+                           if seen else "consistency: no unlabelled batch was drawn")
     return RouteResult(model, info, history)

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from graft.data.transforms import Preprocessing, TwoViews
+from graft.recipe import AugmentConfig
 from graft.train.steps import classification_loss
 
 
@@ -73,12 +75,18 @@ def class_thresholds(probabilities: np.ndarray, threshold: Optional[float] = Non
     probability the model gives each class, τ_c = τ · p̃_c / max_c p̃_c, so a class the model rarely predicts
     confidently (a hard class) needs less, as FlexMatch's "curriculum pseudo-labelling" argues (Zhang et al. 2021).
     """
-    tau = float(probabilities.max(1).mean()) if threshold is None else float(threshold)
-    classes = probabilities.shape[1]
-    if not per_class or len(probabilities) == 0:
-        return np.full(classes, tau)
-    mean = probabilities.mean(0)
-    return tau * mean / max(float(mean.max()), 1e-12)
+    if len(probabilities) == 0:
+        return np.full(probabilities.shape[1], 1.0 if threshold is None else float(threshold))
+    return thresholds_from(float(probabilities.max(1).mean()), probabilities.mean(0), threshold, per_class)
+
+
+def thresholds_from(mean_top: float, mean_class: np.ndarray, threshold: Optional[float], per_class: bool) -> np.ndarray:
+    """(C,) τ_c = τ · p̃_c / max p̃ from the statistics FreeMatch keeps: the mean top probability (τ unless
+    ``threshold`` fixes it) and the mean probability of each class (:func:`class_thresholds`)."""
+    tau = mean_top if threshold is None else float(threshold)
+    if not per_class:
+        return np.full(len(mean_class), tau)
+    return tau * mean_class / max(float(mean_class.max()), 1e-12)
 
 
 def select_pseudo_labels(probabilities: np.ndarray, threshold: Optional[float] = None, top_k: Optional[int] = None,
@@ -146,3 +154,58 @@ class SemiStep:
             if self.weight is not None and bool(chosen.any()):
                 loss = loss + self.weight(self.progress) * F.cross_entropy(unlabeled_logits[chosen].float(), pseudo[chosen])
         return {"loss": loss, "logits": logits, "labels": labels}
+
+
+class ConsistencyStep:
+    """FixMatch (Sohn et al. 2020, "FixMatch: Simplifying Semi-Supervised Learning with Consistency and Confidence"):
+    the weak view of an unlabelled image labels it, the strong view learns that label where the weak view is
+    confident: L = CE(labelled) + λ_u · mean(mask · CE(strong, argmax weak)).
+
+    The mask is the rule of route ``pseudo``'s offline selection (:func:`thresholds_from`), with FreeMatch's
+    statistics kept as exponential moving averages over batches (momentum 0.999 in the paper; 0.99 here, as graft's
+    runs are a few thousand steps), starting at 1/C. Unlabelled batches are (B, 2, 3, S, S) weak/strong pairs
+    (:class:`graft.data.transforms.TwoViews`, from ``unlabeled_views``); all three go through one forward pass.
+    The statistics are part of the run's checkpoint (``state_dict``), so a resumed run is exact.
+    """
+
+    def __init__(self, classes: int, threshold: Optional[float] = None, per_class: bool = True, weight: float = 1.0,
+                 momentum: float = 0.99, label_smoothing: float = 0.0) -> None:
+        self.threshold, self.per_class, self.weight, self.momentum = threshold, per_class, weight, momentum
+        self.label_smoothing = label_smoothing
+        self.mean_top, self.mean_class = 1.0 / classes, np.full(classes, 1.0 / classes)
+        self.masked = [0, 0]  # unlabelled images above their threshold, seen
+
+    def unlabeled_views(self, pre: Preprocessing, augment: AugmentConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+        return TwoViews(pre, augment)
+
+    def state_dict(self) -> dict[str, object]:
+        return {"mean_top": self.mean_top, "mean_class": self.mean_class.tolist(), "masked": list(self.masked)}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.mean_top, self.mean_class, self.masked = float(state["mean_top"]), np.array(state["mean_class"]), list(state["masked"])
+
+    def __call__(self, model: nn.Module, batch: tuple[torch.Tensor, ...], unlabeled: Optional[tuple[torch.Tensor, ...]] = None,
+                 train: bool = True) -> dict[str, torch.Tensor]:
+        images, labels = batch[0], batch[1]
+        if unlabeled is None:
+            logits = model(images)
+            return {"loss": classification_loss(logits, labels, label_smoothing=self.label_smoothing), "logits": logits, "labels": labels}
+        views = unlabeled[0]
+        weak, strong = views[:, 0], views[:, 1]
+        if images.is_contiguous(memory_format=torch.channels_last):
+            weak, strong = (v.contiguous(memory_format=torch.channels_last) for v in (weak, strong))
+        both = model(torch.cat([images, weak, strong]))
+        logits, weak_logits, strong_logits = both[: len(images)], both[len(images): len(images) + len(weak)], both[len(images) + len(weak):]
+        loss = classification_loss(logits, labels, label_smoothing=self.label_smoothing)
+        with torch.no_grad():
+            probabilities = torch.softmax(weak_logits.float(), 1)
+            confidence, guess = probabilities.max(1)
+            m = self.momentum
+            self.mean_top = m * self.mean_top + (1 - m) * float(confidence.mean())
+            self.mean_class = m * self.mean_class + (1 - m) * probabilities.mean(0).cpu().numpy()
+            thresholds = torch.as_tensor(thresholds_from(self.mean_top, self.mean_class, self.threshold, self.per_class),
+                                         dtype=confidence.dtype, device=confidence.device)
+            mask = (confidence >= thresholds[guess]).float()
+            self.masked = [self.masked[0] + int(mask.sum()), self.masked[1] + len(mask)]
+        unlabeled_loss = (F.cross_entropy(strong_logits.float(), guess, reduction="none") * mask).mean()
+        return {"loss": loss + self.weight * unlabeled_loss, "logits": logits, "labels": labels}
