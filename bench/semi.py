@@ -23,26 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from common import EPOCHS_AS_GIVEN, MOBILENET, SHARED, mean_std, require_shared, save, subset_npz
+from common import EPOCHS_AS_GIVEN, MOBILENET, SHARED, mean_std, pool_npz, require_shared, save, subset_npz
 
 ROWS = ["teacher", "pseudo", "student", "distill"]
 LABELS = {"teacher": "(a) MobileNetV2 lpft, labels only", "pseudo": "(b) (a) + pseudo-labels",
           "student": "(c) small student, labels only", "distill": "(c) small student distilled from (b)"}
 TASKS = ["cifar10-100", "cifar10-10"]
-
-
-def pool_npz(per_class: int, seed: int, size: int, folder: Path) -> Path:
-    """``size`` training images outside the labelled subset (seeded), with their labels kept for --audit only."""
-    from graft.data.split import per_class_subset
-
-    out = folder / f"pool_{per_class}pc_s{seed}_{size}.npz"
-    if not out.exists():
-        data = np.load(SHARED / "datasets" / "cifar10_train.npz")
-        labelled = set(per_class_subset(data["labels"], per_class, seed).tolist())
-        rest = np.array([i for i in range(len(data["labels"])) if i not in labelled])
-        chosen = np.sort(np.random.default_rng(1000 + seed).choice(rest, size, replace=False))
-        np.savez(out, images=data["images"][chosen], labels=data["labels"][chosen], classes=data["classes"])
-    return out
 
 
 def main() -> None:

@@ -127,10 +127,10 @@ class PatchesConfig:
 class SpreadConfig:
     """Label spreading on frozen features (Zhou et al. 2004, as Iscen et al. 2019): route ``spread``."""
 
-    k_grid: list[int] = field(default_factory=lambda: [10, 20, 50])  # neighbours per image tried, chosen on validation
-    alpha_grid: list[float] = field(default_factory=lambda: [0.9, 0.99])  # spreading strength α tried, chosen on validation
+    k_grid: list[int] = field(default_factory=lambda: [10, 30])  # neighbours per image tried, chosen on validation
+    alpha_grid: list[float] = field(default_factory=lambda: [0.8, 0.9, 0.95])  # spreading strength α tried, chosen on validation
     gamma: float = 3.0  # affinity = cosine similarity ** gamma (Iscen et al.: 3)
-    dims: int = 256  # principal directions kept (whitened) for the k-NN search
+    dims: int = 256  # principal directions kept for the k-NN search
     max_pool: int = 100_000  # at most this many unlabelled images (a seeded sample): the exact k-NN search costs N^2
 
 
