@@ -5,7 +5,7 @@ import json
 import os
 import statistics
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -35,6 +35,20 @@ def subset_npz(source: Path, per_class: int, seed: int, folder: Path) -> Path:
         data = np.load(source)
         idx = per_class_subset(data["labels"], per_class, seed)
         np.savez(out, images=data["images"][idx], labels=data["labels"][idx], classes=data["classes"])
+    return out
+
+
+def pool_npz(per_class: int, seed: int, size: Optional[int], folder: Path) -> Path:
+    """CIFAR-10 training images outside the labelled subset of ``subset_npz(..., per_class, seed)``: ``size`` of them
+    (seeded), or all of them (None), with their labels kept for --audit only."""
+    from graft.data.split import per_class_subset
+
+    out = folder / f"pool_{per_class}pc_s{seed}_{size or 'all'}.npz"
+    if not out.exists():
+        data = np.load(SHARED / "datasets" / "cifar10_train.npz")
+        rest = np.setdiff1d(np.arange(len(data["labels"])), per_class_subset(data["labels"], per_class, seed))
+        chosen = rest if size is None else np.sort(np.random.default_rng(1000 + seed).choice(rest, size, replace=False))
+        np.savez(out, images=data["images"][chosen], labels=data["labels"][chosen], classes=data["classes"])
     return out
 
 

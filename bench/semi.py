@@ -4,11 +4,13 @@ CIFAR-10 with 10 and 100 labels per class; a pool of other training images is gi
 (its labels are read only for ``--audit``, the pseudo-label precision); the full 10,000-image test split.
 Rows: (a) the ImageNet MobileNetV2, ``lpft`` on the labels only; (b) the same + route ``pseudo`` with (a)
 as labeller; (c) a small student (graft_convnet_s, random init, 32 px) on the labels only (``scratch``)
-vs ``distill`` from (b) on labels + pool. Mean ± std over seeds, seconds per run, the student's
+vs ``distill`` from (b) on labels + pool; (d) FixMatch consistency (``pseudo.method=consistency``) from the
+pretrained backbone on labels + a pool of ``--consistency-pool`` 10,000 images. Mean ± std over seeds, seconds per run, the student's
 speed-up over the teacher (inference images/s, each at its own input size, one thread).
 
     python bench/semi.py                                          # CPU scale, see docs/results/semi.md for the reductions
     python bench/semi.py --tasks cifar10-100 --seeds 0 1 --pool 2000
+    python bench/semi.py --tasks cifar10-10 --rows consistency --seeds 0   # needs row (a) of the seed for its gain
     python bench/semi.py --table
 """
 from __future__ import annotations
@@ -23,38 +25,24 @@ from pathlib import Path
 
 import numpy as np
 
-from common import EPOCHS_AS_GIVEN, MOBILENET, SHARED, mean_std, require_shared, save, subset_npz
+from common import EPOCHS_AS_GIVEN, MOBILENET, SHARED, mean_std, pool_npz, require_shared, save, subset_npz
 
-ROWS = ["teacher", "pseudo", "student", "distill"]
+ROWS = ["teacher", "pseudo", "consistency", "student", "distill"]
 LABELS = {"teacher": "(a) MobileNetV2 lpft, labels only", "pseudo": "(b) (a) + pseudo-labels",
+          "consistency": "(d) FixMatch consistency (pseudo.method=consistency)",
           "student": "(c) small student, labels only", "distill": "(c) small student distilled from (b)"}
 TASKS = ["cifar10-100", "cifar10-10"]
-
-
-def pool_npz(per_class: int, seed: int, size: int, folder: Path) -> Path:
-    """``size`` training images outside the labelled subset (seeded), with their labels kept for --audit only."""
-    from graft.data.split import per_class_subset
-
-    out = folder / f"pool_{per_class}pc_s{seed}_{size}.npz"
-    if not out.exists():
-        data = np.load(SHARED / "datasets" / "cifar10_train.npz")
-        labelled = set(per_class_subset(data["labels"], per_class, seed).tolist())
-        rest = np.array([i for i in range(len(data["labels"])) if i not in labelled])
-        chosen = np.sort(np.random.default_rng(1000 + seed).choice(rest, size, replace=False))
-        np.savez(out, images=data["images"][chosen], labels=data["labels"][chosen], classes=data["classes"])
-    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--rows", nargs="+", default=ROWS, choices=ROWS)
+    parser.add_argument("--rows", nargs="+", default=["teacher", "pseudo"], choices=ROWS)
     parser.add_argument("--pool", type=int, default=2000, help="unlabelled images (CPU scale; the full rest is 49,000+)")
+    parser.add_argument("--consistency-pool", type=int, default=10000, help="unlabelled images of row (d)")
     parser.add_argument("--teacher-size", type=int, default=64, help="MobileNetV2 input side (CPU scale; transfer_basics uses 96)")
     parser.add_argument("--teacher-stages", default="new:1,all:6")
-    parser.add_argument("--pseudo-top-k", type=int, default=100,
-                        help="pseudo-labels per class, most confident first, class-balanced, no threshold (pseudo.threshold=null)")
     parser.add_argument("--student", default="graft_convnet_s", help="94k parameters, about 21 MFLOPs at 32 px")
     parser.add_argument("--student-size", type=int, default=32)
     parser.add_argument("--student-stages", default="all:15")
@@ -82,8 +70,8 @@ def main() -> None:
         for seed in args.seeds:
             train = str(subset_npz(SHARED / "datasets" / "cifar10_train.npz", per_class, seed, work))
             pool = str(pool_npz(per_class, seed, args.pool, work))
-            common = ["data.test_fraction=0", f"runtime.seed={seed}", "pseudo.audit=true", "pseudo.threshold=null",
-                      f"pseudo.top_k={args.pseudo_top_k}", EPOCHS_AS_GIVEN]
+            # the pseudo-label selection at graft's defaults (self-adaptive per-class thresholds)
+            common = ["data.test_fraction=0", f"runtime.seed={seed}", "pseudo.audit=true", EPOCHS_AS_GIVEN]
             teacher_set = [f"data.image_size={args.teacher_size}", f"train.stages={args.teacher_stages}"]
             student_set = [f"data.image_size={args.student_size}", f"train.stages={args.student_stages}", "model.pretrained=false",
                            "train.augment.preset=none"]  # augmentation off: the teacher's logits are cached once
@@ -91,6 +79,9 @@ def main() -> None:
                 "teacher": dict(route="lpft", backbone="mobilenetv2_100", weights=str(MOBILENET), overrides=teacher_set),
                 "pseudo": dict(route="pseudo", backbone="mobilenetv2_100", weights=str(MOBILENET),
                                overrides=[*teacher_set, f"data.unlabeled={pool}", f"distill.teacher={work / f'{task}-teacher-s{seed}'}"]),
+                "consistency": dict(route="pseudo", backbone="mobilenetv2_100", weights=str(MOBILENET),
+                                    overrides=[*teacher_set, "pseudo.method=consistency",
+                                               f"data.unlabeled={pool_npz(per_class, seed, args.consistency_pool, work)}"]),
                 "student": dict(route="scratch", backbone=args.student, overrides=student_set),
                 "distill": dict(route="distill", backbone=args.student,
                                 overrides=[*student_set, f"data.unlabeled={pool}", f"distill.teacher={work / f'{task}-pseudo-s{seed}'}"]),
@@ -109,10 +100,13 @@ def main() -> None:
                                 out=work / f"{task}-{row}-s{seed}", quiet=True, overrides=[*common, *plan["overrides"]])
                 info = run.meta["info"]
                 entry = {"task": task, "row": row, "seed": seed, "test_accuracy": run.metrics["test_accuracy"],
-                         "seconds": round(time.time() - started, 1), "pool": args.pool, "backbone": run.meta["backbone"],
+                         "seconds": round(time.time() - started, 1), "backbone": run.meta["backbone"],
+                         "pool": args.consistency_pool if row == "consistency" else args.pool,
                          "image_size": run.meta["preprocessing"]["size"]}
                 if "rounds" in info:
                     entry["pseudo_labels"] = {k: info["rounds"][0][k] for k in ("selected", "of", "precision", "per_class")}
+                if "unlabelled_used" in info:
+                    entry["unlabelled_used"] = info["unlabelled_used"]
                 if "sizes" in info:
                     entry["sizes"] = info["sizes"]
                 results["runs"].append(entry)
@@ -125,15 +119,19 @@ def main() -> None:
 
 def print_table(results: dict) -> None:
     rows = results["runs"]
-    print("| task | " + " | ".join(LABELS[r] for r in ROWS) + " | seeds |\n|---|" + "---|" * (len(ROWS) + 1))
+    shown = [r for r in ROWS if any(x["row"] == r for x in rows)]
+    print("| task | " + " | ".join(LABELS[r] for r in shown) + " | (b) - (a), per seed | (d) - (a), per seed | seeds |\n|---|" + "---|" * (len(shown) + 3))
     for task in dict.fromkeys(r["task"] for r in rows):
         cells = []
-        for row in ROWS:
+        for row in shown:
             picked = [r for r in rows if r["task"] == task and r["row"] == row]
             seconds = sum(r["seconds"] for r in picked) / max(len(picked), 1)
             cells.append(f"{mean_std([r['test_accuracy'] for r in picked])} ({seconds:.0f} s)" if picked else "-")
+        teacher = {r["seed"]: r["test_accuracy"] for r in rows if r["task"] == task and r["row"] == "teacher"}
+        gains = {row: ", ".join(f"{100 * (r['test_accuracy'] - teacher[r['seed']]):+.1f}" for r in sorted(rows, key=lambda r: r["seed"])
+                                if r["task"] == task and r["row"] == row and r["seed"] in teacher) or "-" for row in ("pseudo", "consistency")}
         seeds = sorted({r["seed"] for r in rows if r["task"] == task})
-        print(f"| {task} | {' | '.join(cells)} | {','.join(map(str, seeds))} |")
+        print(f"| {task} | {' | '.join(cells)} | {gains['pseudo']} | {gains['consistency']} | {','.join(map(str, seeds))} |")
     print("\n| task | pseudo-labels taken (of pool) | their precision | teacher params / MFLOPs / img/s | student params / MFLOPs / img/s | student speed-up |")
     print("|---|---|---|---|---|---|")
     for task in dict.fromkeys(r["task"] for r in rows):

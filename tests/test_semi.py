@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 import graft
@@ -12,7 +13,7 @@ from graft.data.transforms import Preprocessing
 from graft.data.unlabeled import load_unlabeled
 from graft.errors import GraftError
 from graft.teacher import convert_batch
-from graft.train.semi import kd_loss, pseudo_weight, select_pseudo_labels
+from graft.train.semi import class_thresholds, kd_loss, pseudo_weight, select_pseudo_labels
 
 from conftest import FAST
 from test_runs import Interrupt
@@ -64,25 +65,49 @@ PROBABILITIES = np.array([
 ])
 
 
-def test_selection_by_threshold():
-    indices, labels = select_pseudo_labels(PROBABILITIES, threshold=0.8, balance=False)
-    assert indices.tolist() == [0, 1, 3, 4, 6, 7] and labels.tolist() == [0, 0, 1, 1, 2, 0]
-    indices, _ = select_pseudo_labels(PROBABILITIES, threshold=None, balance=False)
-    assert indices.tolist() == list(range(8))  # Lee 2013: every image, by its argmax
+def picked(*args, **kwargs) -> tuple[list[int], list[int]]:
+    selection = select_pseudo_labels(*args, **kwargs)
+    return selection.indices.tolist(), selection.labels.tolist()
+
+
+def test_selection_by_fixed_threshold():
+    assert picked(PROBABILITIES, threshold=0.8, per_class=False) == ([0, 1, 3, 4, 6, 7], [0, 0, 1, 1, 2, 0])
+    assert picked(PROBABILITIES, threshold=0)[0] == list(range(8))  # Lee 2013: every image, by its argmax
+
+
+def test_self_adaptive_thresholds_follow_freematch():
+    mean_top = PROBABILITIES.max(1).mean()
+    mean_class = PROBABILITIES.mean(0)
+    expected = mean_top * mean_class / mean_class.max()  # FreeMatch: tau * MaxNorm(p~)
+    assert np.allclose(class_thresholds(PROBABILITIES), expected)
+    assert np.allclose(class_thresholds(PROBABILITIES, per_class=False), mean_top)
+    assert np.allclose(class_thresholds(PROBABILITIES, threshold=0.9), 0.9 * mean_class / mean_class.max())
+    # the most predicted class (0) keeps the global threshold; rarer classes need less
+    thresholds = class_thresholds(PROBABILITIES)
+    assert thresholds[0] == pytest.approx(mean_top) and thresholds[1] < mean_top and thresholds[2] < mean_top
+    selection = select_pseudo_labels(PROBABILITIES)
+    confidence = PROBABILITIES.max(1)
+    expected_indices = [i for i in range(8) if confidence[i] >= thresholds[PROBABILITIES[i].argmax()]]
+    assert selection.indices.tolist() == expected_indices
+    assert selection.candidates.sum() == len(expected_indices)
+
+
+def test_adaptive_selection_takes_a_hard_class_a_fixed_threshold_drops():
+    # class 2 is never predicted above 0.8, so a fixed 0.8 takes none of it; the per-class threshold scales down for it
+    fixed = select_pseudo_labels(PROBABILITIES, threshold=0.8, per_class=False)
+    adaptive = select_pseudo_labels(PROBABILITIES, threshold=0.8)
+    assert 5 not in fixed.indices.tolist() and 5 in adaptive.indices.tolist()
 
 
 def test_selection_top_k_per_class_keeps_the_most_confident():
-    indices, labels = select_pseudo_labels(PROBABILITIES, threshold=None, top_k=2, balance=False)
-    assert indices.tolist() == [0, 3, 4, 5, 6, 7] and labels.tolist() == [0, 1, 1, 2, 2, 0]
+    assert picked(PROBABILITIES, threshold=0, top_k=2) == ([0, 3, 4, 5, 6, 7], [0, 1, 1, 2, 2, 0])
 
 
 def test_selection_class_balance_caps_every_class_at_the_rarest():
-    indices, labels = select_pseudo_labels(PROBABILITIES, threshold=0.8, balance=True)
+    indices, labels = picked(PROBABILITIES, threshold=0.8, per_class=False, balance=True)
     # candidates: class 0 {0,1,7}, class 1 {3,4}, class 2 {6} -> one each, the most confident
-    assert indices.tolist() == [0, 4, 6] and labels.tolist() == [0, 1, 2]
-    assert np.bincount(labels, minlength=3).tolist() == [1, 1, 1]
-    none, _ = select_pseudo_labels(PROBABILITIES, threshold=0.99, balance=True)
-    assert len(none) == 0
+    assert indices == [0, 4, 6] and labels == [0, 1, 2]
+    assert picked(PROBABILITIES, threshold=0.99, per_class=False, balance=True)[0] == []
 
 
 def test_pseudo_weight_follows_lee_2013_schedule():
@@ -213,7 +238,7 @@ def test_unlabelled_folder_and_refusals(tmp_path, toy_npz):
 def test_pseudo_without_teacher_labels_with_a_model_trained_on_the_labels(toy_npz, source_run, tmp_path):
     run = graft.fit(toy_npz, route="pseudo", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "self",
                     quiet=True, overrides=[*FAST, "train.stages=new:1,all:2", f"data.unlabeled={toy_npz}", "pseudo.audit=true",
-                                           "pseudo.threshold=null", "pseudo.top_k=5"])
+                                           "pseudo.threshold=0", "pseudo.top_k=5"])
     info = run.meta["info"]
     assert info["labeller"] == "the model trained on the labels alone"
     assert info["rounds"][0]["per_class"] == {"red": 5, "green": 5, "blue": 5} and info["rounds"][0]["precision"] > 0.6
@@ -222,12 +247,28 @@ def test_pseudo_without_teacher_labels_with_a_model_trained_on_the_labels(toy_np
     assert run.metrics["test_accuracy"] > 0.6
 
 
+def test_pseudo_run_warns_and_says_why_when_it_selects_under_5_percent(toy_npz, source_run, tmp_path):
+    run = graft.fit(toy_npz, route="pseudo", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "few",
+                    quiet=True, overrides=[*FAST, "train.stages=new:1,all:1", f"data.unlabeled={toy_npz}", "pseudo.threshold=1",
+                                           "pseudo.per_class=false"])
+    round_one = run.meta["info"]["rounds"][0]
+    assert round_one["selected"] < 0.05 * round_one["of"]
+    warning = run.meta["info"]["warnings"][0]
+    assert "pseudo.threshold" in warning and f"of {round_one['of']} unlabelled images" in warning
+    assert "pseudo.threshold" in (run.path / "report.html").read_text()
+    default = graft.fit(toy_npz, route="pseudo", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "default",
+                        quiet=True, overrides=[*FAST, "train.stages=new:1,all:1", f"data.unlabeled={toy_npz}"])
+    chosen = default.meta["info"]["rounds"][0]
+    assert chosen["selected"] >= 0.3 * chosen["of"]  # self-adaptive: about the images above the mean confidence
+    assert "warnings" not in default.meta["info"]
+
+
 @pytest.mark.parametrize("cut", [1, 3])  # inside round 0 (labels only), inside round 1 (pseudo-labels)
 def test_interrupted_pseudo_run_resumes_to_the_same_weights(toy_npz, source_run, tmp_path, cut):
     from safetensors.torch import load_file
 
     common = dict(route="pseudo", backbone="graft_convnet_s", weights=str(source_run.path), quiet=True,
-                  overrides=[*FAST, "train.stages=new:1,all:2", f"data.unlabeled={toy_npz}", "pseudo.threshold=null", "pseudo.top_k=5",
+                  overrides=[*FAST, "train.stages=new:1,all:2", f"data.unlabeled={toy_npz}", "pseudo.threshold=0", "pseudo.top_k=5",
                              "train.augment.preset=flip"])
     whole = graft.fit(toy_npz, out=tmp_path / "whole", **common)
     with pytest.raises(KeyboardInterrupt):
@@ -237,3 +278,45 @@ def test_interrupted_pseudo_run_resumes_to_the_same_weights(toy_npz, source_run,
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.meta["info"]["rounds"] == whole.meta["info"]["rounds"]
     assert not (resumed.path / "parts").exists()
+
+
+def test_consistency_step_masks_by_the_shared_threshold_rule():
+    from graft.data.transforms import Preprocessing, TwoViews
+    from graft.recipe import AugmentConfig
+    from graft.train.semi import ConsistencyStep
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
+    images, labels = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    raw = torch.randint(0, 255, (3, 12, 12), dtype=torch.uint8)
+    views = TwoViews(Preprocessing(size=8, mean=(0.5,) * 3, std=(0.5,) * 3), AugmentConfig(preset="flip"))(raw)
+    assert views.shape == (2, 3, 8, 8) and not torch.equal(views[0], views[1])  # the strong view is changed further
+    pool = torch.stack([TwoViews(Preprocessing(size=8, mean=(0.5,) * 3, std=(0.5,) * 3), AugmentConfig(preset="flip"))(raw)
+                        for _ in range(5)])
+    supervised = nn.functional.cross_entropy(model(images), labels)
+    never = ConsistencyStep(3, threshold=1.01, per_class=False)(model, (images, labels), unlabeled=(pool, torch.full((5,), -1)))
+    assert torch.allclose(never["loss"], supervised)  # nothing passes: the labelled loss alone
+    always = ConsistencyStep(3, threshold=0.0, per_class=False, weight=2.0)
+    out = always(model, (images, labels), unlabeled=(pool, torch.full((5,), -1)))
+    guess = model(pool[:, 0]).argmax(1)
+    expected = supervised + 2.0 * nn.functional.cross_entropy(model(pool[:, 1]), guess)
+    assert torch.allclose(out["loss"], expected, atol=1e-6) and always.masked == [5, 5]
+    assert always.state_dict()["mean_top"] > 1 / 3 - 1e-9  # the moving average moved from 1/C towards the batch
+
+
+def test_consistency_route_trains_from_weak_and_strong_views_and_resumes_exactly(toy_npz, source_run, tmp_path):
+    from safetensors.torch import load_file
+
+    common = dict(route="pseudo", backbone="graft_convnet_s", weights=str(source_run.path), quiet=True,
+                  overrides=[*FAST, "train.stages=new:1,all:2", f"data.unlabeled={toy_npz}", "pseudo.method=consistency",
+                             "train.augment.preset=flip"])
+    whole = graft.fit(toy_npz, out=tmp_path / "whole", **common)
+    info = whole.meta["info"]
+    assert info["method"].startswith("consistency") and 0 < info["unlabelled_used"] <= 1
+    assert whole.metrics["test_accuracy"] > 0.6
+    with pytest.raises(KeyboardInterrupt):
+        graft.fit(toy_npz, out=tmp_path / "cut", callbacks=[Interrupt(1)], **common)
+    resumed = graft.fit(resume=tmp_path / "cut", quiet=True)
+    a, b = load_file(str(whole.path / "model.safetensors")), load_file(str(resumed.path / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.meta["info"]["unlabelled_used"] == info["unlabelled_used"]

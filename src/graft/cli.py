@@ -40,7 +40,7 @@ FIT_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--teacher": ("distill.teacher", str, "teacher run directory (routes distill, pseudo)"),
     "--temperature": ("distill.temperature", float, "distillation temperature T (default 4)"),
     "--kd-alpha": ("distill.alpha", float, "weight of the distillation term (default 0.9)"),
-    "--threshold": ("pseudo.threshold", float, "least probability of a pseudo-label (default 0.7)"),
+    "--threshold": ("pseudo.threshold", float, "global pseudo-label threshold (default: self-adaptive, the mean confidence; scaled per class)"),
     "--top-k": ("pseudo.top_k", int, "at most this many pseudo-labels per class"),
     "--rounds": ("pseudo.rounds", int, "pseudo-labelling rounds (re-label with the improved model)"),
 }

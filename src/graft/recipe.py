@@ -130,6 +130,17 @@ class PatchesConfig:
 
 
 @dataclass
+class SpreadConfig:
+    """Label spreading on frozen features (Zhou et al. 2004, as Iscen et al. 2019): route ``spread``."""
+
+    k_grid: list[int] = field(default_factory=lambda: [10, 30])  # neighbours per image tried, chosen on validation
+    alpha_grid: list[float] = field(default_factory=lambda: [0.8, 0.9, 0.95])  # spreading strength α tried, chosen on validation
+    gamma: float = 3.0  # affinity = cosine similarity ** gamma (Iscen et al.: 3)
+    dims: int = 256  # principal directions kept for the k-NN search
+    max_pool: int = 100_000  # at most this many unlabelled images (a seeded sample): the exact k-NN search costs N^2
+
+
+@dataclass
 class DistillConfig:
     """Knowledge distillation (Hinton et al. 2015; DESIGN.md route 9)."""
 
@@ -144,12 +155,15 @@ class DistillConfig:
 class PseudoConfig:
     """Pseudo-labelling (Lee 2013; DESIGN.md route 10)."""
 
-    threshold: Optional[float] = 0.7  # a pseudo-label needs at least this probability (None: Lee's every image); label smoothing caps confidence near 0.9
+    threshold: Optional[float] = None  # global threshold τ; None: self-adaptive, the pool's mean top probability (FreeMatch); 0: every image (Lee)
+    per_class: bool = True  # scale τ per class by how confidently the model predicts the class (FreeMatch/FlexMatch)
     top_k: Optional[int] = None  # at most this many per class, the most confident first
-    balance: bool = True  # every class keeps as many as the class with the fewest confident images
+    balance: bool = False  # every class keeps as many as the class with the fewest candidates
     alpha_f: float = 3.0  # final weight of the pseudo-label loss (Lee: 3)
     ramp_start: float = 0.1  # T1 as a fraction of training: weight 0 before
     ramp_end: float = 0.6  # T2 as a fraction of training: weight alpha_f from here on
+    method: str = "labels"  # labels: a labeller picks pseudo-labels once per round (Lee); consistency: FixMatch's weak/strong views, every batch
+    consistency_weight: float = 1.0  # λ_u of the consistency loss (FixMatch: 1)
     rounds: int = 1  # re-label with the improved model and train again this many times
     audit: bool = False  # measure pseudo-label precision against the .npz's hidden labels (read only then)
 
@@ -239,6 +253,7 @@ class Recipe:
     patches: PatchesConfig = field(default_factory=PatchesConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    spread: SpreadConfig = field(default_factory=SpreadConfig)
     grow: GrowConfig = field(default_factory=GrowConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     exemplar: ExemplarConfig = field(default_factory=ExemplarConfig)

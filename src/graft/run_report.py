@@ -189,6 +189,9 @@ def write_run_report(folder: Path) -> Path:
                  + "</ul><p>recipe.yaml holds every key.</p>")]
     if meta.get("auto"):
         sections.append(("Route auto: how this model was chosen", _auto_section(meta["auto"])))
+    warnings = meta.get("info", {}).get("warnings", [])
+    if warnings:
+        sections.append(("Warnings", "<ul id='warnings'>" + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul>"))
     if summary is not None:
         sections.append(("Data", _data_section(summary)))
     elif meta.get("skipped_files"):

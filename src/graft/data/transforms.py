@@ -76,8 +76,8 @@ def augment_options(augment: AugmentConfig) -> dict[str, Any]:
     return options
 
 
-def train_transform(pre: Preprocessing, augment: AugmentConfig) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Per-image training augmentation of ``augment`` (preset plus explicit options)."""
+def _augment_steps(pre: Preprocessing, augment: AugmentConfig) -> list[Any]:
+    """The per-image augmentation steps of ``augment`` on uint8 images, before normalisation."""
     options = augment_options(augment)
     interpolation = _mode(pre.interpolation)
     steps: list[Any] = []
@@ -96,7 +96,29 @@ def train_transform(pre: Preprocessing, augment: AugmentConfig) -> Callable[[tor
         steps.append(v2.ColorJitter(brightness=c, contrast=c, saturation=c))
     if options.get("trivial"):
         steps.append(v2.TrivialAugmentWide(interpolation=interpolation))
-    return v2.Compose([*steps, *_finish(pre)])
+    return steps
+
+
+def train_transform(pre: Preprocessing, augment: AugmentConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Per-image training augmentation of ``augment`` (preset plus explicit options)."""
+    return v2.Compose([*_augment_steps(pre, augment), *_finish(pre)])
+
+
+def strong_transform(pre: Preprocessing, augment: AugmentConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+    """FixMatch's strong view (Sohn et al. 2020 §2.3): the recipe's augmentation, then RandAugment (2 operations at
+    magnitude 10 of 31, torchvision's scale) and Cutout (one erased square of up to a quarter of the image)."""
+    return v2.Compose([*_augment_steps(pre, augment), v2.RandAugment(num_ops=2, magnitude=10, interpolation=_mode(pre.interpolation)),
+                       *_finish(pre), v2.RandomErasing(p=1.0, scale=(0.02, 0.25), ratio=(1.0, 1.0))])
+
+
+class TwoViews:
+    """One image as (2, 3, S, S): a weak view (the recipe's augmentation) and a strong one (:func:`strong_transform`)."""
+
+    def __init__(self, pre: Preprocessing, augment: AugmentConfig) -> None:
+        self.weak, self.strong = train_transform(pre, augment), strong_transform(pre, augment)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.weak(image), self.strong(image)])
 
 
 def batch_mixer(augment: AugmentConfig, num_classes: int) -> Optional[Callable[..., tuple[torch.Tensor, torch.Tensor]]]:

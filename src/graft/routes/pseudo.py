@@ -25,7 +25,7 @@ from graft.routes.context import Context, RouteResult
 from graft.routes.linear import probe_model
 from graft.train.groups import Stage, parse_stages
 from graft.train.loop import LoopSetup, train_stages
-from graft.train.semi import SemiStep, pseudo_weight, select_pseudo_labels
+from graft.train.semi import ConsistencyStep, SemiStep, pseudo_weight, select_pseudo_labels
 
 
 def require_unlabeled(context: Context) -> ImageSet:
@@ -47,18 +47,41 @@ def student_plan(context: Context, model: nn.Module) -> tuple[Context, list[Stag
     return context, stages, {"student_start": "pretrained, linear probe", **info}
 
 
+FEW_SELECTED = 0.05  # under this share of the pool the run warns: pseudo-labelling then barely differs from labels only
+
+
 def choose(probabilities: np.ndarray, config: PseudoConfig, classes: list[str], hidden: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """:func:`select_pseudo_labels` plus what the run records: count per class and, with hidden labels, precision."""
-    indices, labels = select_pseudo_labels(probabilities, config.threshold, config.top_k, config.balance)
+    """:func:`select_pseudo_labels` plus what the run records: count and threshold per class, a warning when under
+    5 % of the pool is chosen (and why), and with hidden labels the precision."""
+    selection = select_pseudo_labels(probabilities, config.threshold, config.top_k, config.balance, config.per_class)
+    indices, labels = selection.indices, selection.labels
     counts = np.bincount(labels, minlength=len(classes))
     record: dict[str, Any] = {"selected": int(len(indices)), "of": int(len(probabilities)),
-                              "per_class": {c: int(n) for c, n in zip(classes, counts)}}
+                              "per_class": {c: int(n) for c, n in zip(classes, counts)},
+                              "thresholds": {c: round(float(t), 4) for c, t in zip(classes, selection.thresholds)},
+                              "mean_confidence": round(selection.mean_confidence, 4)}
+    if len(probabilities) and len(indices) < FEW_SELECTED * len(probabilities):
+        record["warning"] = few_selected_reason(selection, config, len(probabilities))
     if hidden is not None:
         correct = hidden[indices] == labels
         record["precision"] = round(float(correct.mean()), 4) if len(indices) else None
         record["precision_per_class"] = {c: (round(float(correct[labels == i].mean()), 4) if counts[i] else None)
                                          for i, c in enumerate(classes)}
     return indices, labels, record
+
+
+def few_selected_reason(selection, config: PseudoConfig, pool: int) -> str:
+    """Why few pseudo-labels were chosen, and which setting to change."""
+    head = f"only {len(selection.indices)} of {pool} unlabelled images were pseudo-labelled (under {FEW_SELECTED:.0%})"
+    candidates = int(selection.candidates.sum())
+    if candidates < FEW_SELECTED * pool:
+        return (f"{head}: the labeller reaches its class thresholds ({float(selection.thresholds.min()):.2f}-"
+                f"{float(selection.thresholds.max()):.2f}) on {candidates} images (its mean confidence is "
+                f"{selection.mean_confidence:.2f}); lower pseudo.threshold or leave it unset (self-adaptive)")
+    limits = [f"pseudo.top_k={config.top_k}"] if config.top_k is not None else []
+    limits += ["pseudo.balance=true (every class cut to the class with the fewest candidates, "
+               f"{int(selection.candidates[selection.candidates > 0].min()) if candidates else 0})"] if config.balance else []
+    return f"{head}: {candidates} were above their thresholds, cut by {' and '.join(limits)}; raise or unset them"
 
 
 def with_labels(images: ImageSet, labels: np.ndarray) -> ImageSet:
@@ -100,6 +123,8 @@ def pseudo(context: Context) -> RouteResult:
     config = context.recipe.pseudo
     if config.rounds < 1:
         raise GraftError(f"pseudo.rounds={config.rounds}: give at least 1 round")
+    if config.method == "consistency":
+        return consistency(context, unlabeled)
     hidden = hidden_labels(context.recipe.data.unlabeled, context.train.classes) if config.audit else None
     classes = context.train.classes
     history: list[dict[str, Any]] = []
@@ -119,6 +144,9 @@ def pseudo(context: Context) -> RouteResult:
         indices, labels, record = choose(probabilities_of(labeller, labeller_pre, unlabeled, context), config, classes, hidden)
         record["round"] = round_number
         context.run.log(event="pseudo_labels", **record)
+        if "warning" in record:
+            info.setdefault("warnings", []).append(f"round {round_number}: {record['warning']}")
+            context.reporter.print(f"[yellow]warning[/]: round {round_number}: {record['warning']}")
         context.reporter.print(f"round {round_number}: {record['selected']} of {record['of']} unlabelled images pseudo-labelled "
                                f"{record['per_class']}" + (f", precision {record['precision']}" if "precision" in record else ""))
         chosen = unlabeled.subset(indices)
@@ -129,4 +157,22 @@ def pseudo(context: Context) -> RouteResult:
         info["rounds"].append(record)
         info.update(start)
         labeller, labeller_pre = model, context.preprocessing(model)
+    return RouteResult(model, info, history)
+
+
+def consistency(context: Context, unlabeled: ImageSet) -> RouteResult:
+    """``pseudo.method=consistency``: FixMatch (Sohn et al. 2020) in graft's one loop, from the pretrained backbone
+    planned as ``lpft`` (a probe, then the recipe's stages); no labeller, no rounds (:class:`ConsistencyStep`)."""
+    config = context.recipe.pseudo
+    if context.recipe.distill.teacher:
+        raise GraftError("pseudo.method=consistency labels the unlabelled images with the model itself; drop --teacher "
+                         "(or use pseudo.method=labels to have the teacher label them)")
+    step = ConsistencyStep(context.num_classes, config.threshold, config.per_class, config.consistency_weight,
+                           label_smoothing=context.recipe.train.label_smoothing)
+    model, history, info = train_student(context, unlabeled, step, part="consistency")
+    masked, seen = step.masked
+    info = {**info, "method": "consistency (FixMatch)", "unlabelled_used": round(masked / seen, 4) if seen else None,
+            "final_mean_confidence": round(step.mean_top, 4)}
+    context.reporter.print(f"consistency: {info['unlabelled_used']:.1%} of the unlabelled views seen passed their class threshold"
+                           if seen else "consistency: no unlabelled batch was drawn")
     return RouteResult(model, info, history)

@@ -129,7 +129,8 @@ def _paired(first: DataLoader, second: Optional[DataLoader], steps: int) -> Iter
 
 
 def _channels_last(batch: Sequence[Any]) -> tuple[Any, ...]:
-    return (batch[0].contiguous(memory_format=torch.channels_last), *batch[1:])
+    images = batch[0]  # (B, 3, S, S); a step that takes several views per image (B, V, 3, S, S) converts each view itself
+    return (images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images, *batch[1:])
 
 
 def _dataset(images: ImageSet | Dataset, transform: Callable[[torch.Tensor], torch.Tensor], indexed: bool = False) -> Dataset:
@@ -168,7 +169,8 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
     if unlabeled is not None and len(unlabeled):
         unlabeled_batch = min(recipe.data.batch_size, len(unlabeled))
         unlabeled_loader = fabric.setup_dataloaders(placement.loader(
-            TransformedImages(unlabeled, transform, indexed), unlabeled_batch, persistent=False, shuffle=True, generator=unlabeled_generator,
+            TransformedImages(unlabeled, step.unlabeled_views(pre, config.augment) if hasattr(step, "unlabeled_views") else transform, indexed),
+            unlabeled_batch, persistent=False, shuffle=True, generator=unlabeled_generator,
             drop_last=len(unlabeled) > unlabeled_batch))
     val_loader = None
     if val is not None and len(val):
@@ -197,6 +199,8 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
             raise GraftError(f"{run.work / 'checkpoint'}: does not fit the recipe's model ({str(error).splitlines()[-1].strip()}); "
                              "put recipe.yaml back as it was, or remove the checkpoint to restart") from None
         best = BestWeights((state.best_accuracy, -state.best_loss), checkpoint["best"])
+        if hasattr(step, "load_state_dict") and "step" in checkpoint["state"]:
+            step.load_state_dict(checkpoint["state"]["step"])  # e.g. FixMatch's threshold statistics
     # the epochs of earlier processes come back with the checkpoint: a resumed run's history is the whole run's
     history: list[dict[str, Any]] = list(checkpoint["state"].get("history", [])) if checkpoint is not None else []
     if checkpoint is None and val_loader is not None:
@@ -265,7 +269,8 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
             history.append(record)
             run.log(**record)
             state.epoch, state.global_epoch = (stage.epochs if stop else epoch + 1), state.global_epoch + 1
-            run.save_checkpoint(model, optimizer, best.state, {"loop": asdict(state), "history": history})
+            run.save_checkpoint(model, optimizer, best.state, {"loop": asdict(state), "history": history,
+                                                               **({"step": step.state_dict()} if hasattr(step, "state_dict") else {})})
             reporter.print("  " + "  ".join(f"{k}={v:.3g}" if k == "lr" else f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                             for k, v in record.items() if k not in ("event", "stage", "stage_name")))
             for callback in setup.callbacks:
