@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from graft.backbones import weights_hash
+from graft.caches import cache_dir
 from graft.console import Reporter
 from graft.data.sources import ImageSet
 from graft.data.transforms import Preprocessing, TransformedImages, eval_transform
@@ -30,11 +31,6 @@ from graft.placement import Placement, Shard
 MEMMAP_BYTES = 1 << 30  # outputs above 1 GB go to a memory-mapped file instead of RAM
 
 log = logging.getLogger("graft")
-
-
-def cache_dir() -> Path:
-    """``$GRAFT_CACHE`` or ``~/.cache/graft``."""
-    return Path(os.environ.get("GRAFT_CACHE") or Path.home() / ".cache" / "graft")
 
 
 def pooled_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:

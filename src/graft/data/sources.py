@@ -1,7 +1,8 @@
 """Read a labelled image set from a class folder, a CSV of path,label or an .npz.
 
 Every reader returns an :class:`ImageSet`: images as RGB uint8 (H, W, 3) arrays,
-integer labels indexing ``classes``. Corrupt files are named, skipped and counted.
+integer labels indexing ``classes``. Files are checked by their header (:mod:`graft.data.scan`); corrupt ones are
+named, skipped and counted.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from graft.data.npz import check_class_names, check_labels, normalise_images, read_arrays
+from graft.data.scan import bomb_reason, scan_cache_file, scan_files
 from graft.errors import GraftError
 
 log = logging.getLogger("graft")
@@ -44,6 +46,7 @@ class ImageSet:
     boxes: Optional[list[np.ndarray]] = None
     clipped_boxes: int = 0  # boxes that reached outside their image and were clipped to it
     outside: list[str] = field(default_factory=list)  # CSV paths outside the CSV's folder: allowed, listed in the run's report
+    headers: tuple[int, int] = (0, 0)  # files opened to check their header, files whose check came from the scan cache
 
     @property
     def multilabel(self) -> bool:
@@ -108,21 +111,9 @@ def read_image(path: Path) -> np.ndarray:
         with _bombs_refused(), Image.open(path) as image:
             return to_rgb_uint8(image)
     except Image.DecompressionBombError:
-        raise GraftError(f"{path}: {_bomb_reason(path)}; replace or remove the file") from None
+        raise GraftError(f"{path}: {bomb_reason(path)}") from None
     except (OSError, UnidentifiedImageError, ValueError) as error:
         raise GraftError(f"{path}: cannot read image ({error}); replace or remove the file") from error
-
-
-def _check_image(path: Path) -> Optional[str]:
-    """Return why ``path`` is not a readable image, or None."""
-    try:
-        with _bombs_refused(), Image.open(path) as image:
-            image.load()
-    except Image.DecompressionBombError:
-        return _bomb_reason(path)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-        return f"not a readable image ({type(error).__name__}: {error})"
-    return None
 
 
 @contextlib.contextmanager
@@ -136,41 +127,23 @@ def _bombs_refused() -> Iterator[None]:
             raise Image.DecompressionBombError(str(warning)) from None
 
 
-def _bomb_reason(path: Path) -> str:
-    size = _declared_size(path)
-    declared = f"{size[0]}x{size[1]}" if size else "more than"
-    return f"declares {declared} pixels, above PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels (not decoded)"
-
-
-def _declared_size(path: Path) -> Optional[tuple[int, int]]:
-    """Width and height from the file's header, read by PIL's format plugins without Image.open's size check."""
-    Image.init()
-    with path.open("rb") as handle:
-        prefix = handle.read(16)
-        for name in Image.ID:
-            factory, accept = Image.OPEN[name]
-            if accept is not None and not accept(prefix):
-                continue
-            handle.seek(0)
-            with contextlib.suppress(Exception):
-                return factory(handle, str(path)).size
-    return None
+def check_files(files: Sequence[Path], origin: str | Path) -> tuple[list[Path], list[tuple[str, str]], tuple[int, int]]:
+    """(usable files, refused (file, reason), (headers opened, headers from the cache)) of ``files`` in their order:
+    each checked by its header (format, size, mode; :mod:`graft.data.scan`), in parallel for large sets, cached per
+    ``origin`` so a second listing opens only files that changed. Bodies are decoded later, by the loaders."""
+    scan = scan_files(files, scan_cache_file(origin))
+    for file, reason in scan.skipped:
+        log.warning("skipped %s: %s", file, reason)
+    return scan.usable, scan.skipped, (scan.opened, scan.from_cache)
 
 
 def _files_to_set(files: list[tuple[Path, str]], classes: list[str], origin: str) -> ImageSet:
-    skipped: list[tuple[str, str]] = []
-    paths: list[Path] = []
-    labels: list[int] = []
+    usable, skipped, headers = check_files([path for path, _ in files], origin)
+    refused = {file for file, _ in skipped}
     index = {name: i for i, name in enumerate(classes)}
-    for path, label in files:
-        reason = "file not found" if not path.exists() else _check_image(path)
-        if reason:
-            skipped.append((str(path), reason))
-            log.warning("skipped %s: %s", path, reason)
-            continue
-        paths.append(path)
-        labels.append(index[label])
-    return ImageSet(classes=classes, labels=np.asarray(labels, np.int64), paths=paths, origin=origin, skipped=skipped)
+    kept = [(path, index[label]) for path, label in files if str(path) not in refused]
+    return ImageSet(classes=classes, labels=np.asarray([label for _, label in kept], np.int64), paths=[path for path, _ in kept],
+                    origin=origin, skipped=skipped, headers=headers)
 
 
 def _read_folder(root: Path) -> tuple[list[tuple[Path, str]], list[str]]:
