@@ -26,6 +26,7 @@ from graft.errors import GraftError
 log = logging.getLogger("graft")
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+DECODE_FAILED = "cannot read image"  # its body does not decode (the header passed the scan)
 DATA_FORMS = ("a folder with one sub-folder per class, a CSV of path,label, an .npz with images/labels, "
               "or (several labels per image) a Pascal VOC folder with Annotations/ or a COCO .json")
 
@@ -77,6 +78,24 @@ class ImageSet:
             outside=self.outside,
         )
 
+    def discard(self, reasons: dict[int, str]) -> None:
+        """Remove the images ``reasons`` names ({index: why its file does not decode}) from this set, in place, and name
+        each in :attr:`skipped`: what any later step (labels, rows of features, the report's counts) sees is the images
+        that remain. A set left with no image is an error naming the files."""
+        if not reasons:
+            return
+        assert self.paths is not None, "only images read from files can fail to decode"
+        named = [(str(self.paths[index]), reason) for index, reason in sorted(reasons.items())]
+        for file, reason in named:
+            log.warning("skipped %s: %s", file, reason)
+        if len(named) == len(self):
+            file, reason = named[0]
+            raise GraftError(f"{file}: {reason}" if len(named) == 1 else
+                             f"{self.origin}: none of its {len(named)} images decodes (e.g. {file}: {reason})")
+        kept = self.subset(np.setdiff1d(np.arange(len(self)), list(reasons)))
+        self.labels, self.paths, self.targets, self.boxes = kept.labels, kept.paths, kept.targets, kept.boxes
+        self.skipped = [*self.skipped, *named]  # a new list: sets that shared the old one (subsets) still hold these images
+
     def fingerprint(self) -> str:
         """Content hash of the image list (pixels for arrays; path, size and mtime for files)."""
         digest = hashlib.sha256()
@@ -107,13 +126,23 @@ def to_rgb_uint8(image: Image.Image) -> np.ndarray:
 
 
 def read_image(path: Path) -> np.ndarray:
+    """The file's pixels as RGB uint8 (H, W, 3); a file that does not decode is a GraftError naming it and why."""
     try:
         with _bombs_refused(), Image.open(path) as image:
             return to_rgb_uint8(image)
     except Image.DecompressionBombError:
         raise GraftError(f"{path}: {bomb_reason(path)}") from None
-    except (OSError, UnidentifiedImageError, ValueError) as error:
-        raise GraftError(f"{path}: cannot read image ({error}); replace or remove the file") from error
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as error:
+        raise GraftError(f"{path}: {DECODE_FAILED} ({type(error).__name__}: {error}); replace or remove the file") from error
+
+
+def decode_problem(path: Path) -> str:
+    """Why the body of ``path`` does not decode (its header was fine: it passed the scan), from decoding it here."""
+    try:
+        read_image(Path(path))
+    except GraftError as error:
+        return str(error).removeprefix(f"{path}: ")
+    return f"{DECODE_FAILED} in a loader worker, though it decodes now (changed since?)"
 
 
 @contextlib.contextmanager
