@@ -92,3 +92,11 @@ def test_a_second_listing_of_an_unchanged_folder_opens_no_file(tmp_path, monkeyp
     third = load_images(tmp_path / "data")
     assert opened == ["001.jpg"] and third.headers == (1, 6) and third.paths == first.paths
     assert list((cache_dir() / "scan").glob("*.json")) == [scan_cache_file(tmp_path / "data")]  # under graft's cache folder
+
+
+def test_a_cache_folder_that_cannot_be_written_only_costs_the_cache(tmp_path):
+    paths = write_images(tmp_path / "images", 3)
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder would go")
+    scan = scan_files(paths, cache_file=blocker / "scan.json")
+    assert scan.usable == paths and scan.opened == 3

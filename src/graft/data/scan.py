@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -26,6 +27,8 @@ from graft.caches import cache_dir
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # PIL's own bomb limit (about 0.25 GB of RGB)
 PARALLEL_ABOVE = 2_000  # fewer files are opened in this process: a pool's start-up would cost more than it saves
 BOMB_HINT = "a decompression bomb? resize it, or remove it from the data"
+
+log = logging.getLogger("graft")
 
 
 def header_problem(path: str | Path) -> Optional[str]:
@@ -101,10 +104,13 @@ def _read_cache(path: Optional[Path]) -> dict[str, list]:
 
 
 def _write_cache(path: Path, cache: dict[str, list]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(cache, handle)
-    os.replace(handle.name, path)  # atomic: a concurrent reader sees the old cache or the new one
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+            json.dump(cache, handle)
+        os.replace(handle.name, path)  # atomic: a concurrent reader sees the old cache or the new one
+    except OSError as error:  # a read-only or full cache folder only makes the next scan slower
+        log.warning("scan cache %s not written (%s); the next listing checks every file again", path, error)
 
 
 def scan_files(paths: Sequence[str | Path], cache_file: Optional[Path] = None, workers: Optional[int] = None,
