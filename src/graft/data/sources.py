@@ -86,12 +86,12 @@ class ImageSet:
             return
         assert self.paths is not None, "only images read from files can fail to decode"
         named = [(str(self.paths[index]), reason) for index, reason in sorted(reasons.items())]
-        for file, reason in named:
-            log.warning("skipped %s: %s", file, reason)
         if len(named) == len(self):
             file, reason = named[0]
             raise GraftError(f"{file}: {reason}" if len(named) == 1 else
                              f"{self.origin}: none of its {len(named)} images decodes (e.g. {file}: {reason})")
+        for file, reason in named:
+            log.warning("skipped %s: %s", file, reason)
         kept = self.subset(np.setdiff1d(np.arange(len(self)), list(reasons)))
         self.labels, self.paths, self.targets, self.boxes = kept.labels, kept.paths, kept.targets, kept.boxes
         self.skipped = [*self.skipped, *named]  # a new list: sets that shared the old one (subsets) still hold these images
