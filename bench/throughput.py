@@ -121,7 +121,7 @@ def measure_extraction(config: dict[str, Any]) -> dict[str, Any]:
     images = load_images(config["data"])
     images = images.subset(np.arange(min(len(images), config["images"])))
     pre, placement = _preprocessing(model, config["size"]), _placement(config)
-    extract_features(model, images.subset(np.arange(config["batch"])), pre, config["batch"], placement=placement)  # warm-up
+    extract_features(model, images.subset(np.arange(min(config["batch"], len(images)))), pre, config["batch"], placement=placement)  # warm-up
     started = time.perf_counter()
     extract_features(model, images, pre, config["batch"], placement=placement)
     seconds = time.perf_counter() - started
@@ -161,7 +161,8 @@ def measure_graft_training(config: dict[str, Any]) -> dict[str, Any]:
                         overrides=[f"data.image_size={config['size']}", f"data.batch_size={config['batch']}", "train.augment.preset=none",
                                    "train.stages=all:2", "train.min_steps=0", "train.warmup_epochs=0", f"runtime.threads={config['threads']}",
                                    f"runtime.accelerator={config['accelerator']}", f"runtime.precision={config['precision']}"])
-        epochs = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines() if '"epoch"' in line]
+        records = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        epochs = [record for record in records if record.get("event") == "epoch"]  # the "returned" record names an epoch too
     return {"images_per_s": config["train_images"] / epochs[-1]["seconds"], "epoch_seconds": epochs[-1]["seconds"]}
 
 

@@ -1,4 +1,5 @@
 """graft.data.scan: header-only checks in parallel, cached by (size, mtime); bombs and broken files refused by name."""
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -6,7 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from graft.data.scan import MAX_PIXELS, scan_files
+from graft.caches import cache_dir
+from graft.data.scan import MAX_PIXELS, scan_cache_file, scan_files
 
 
 def write_images(folder: Path, count: int) -> list[Path]:
@@ -65,3 +67,36 @@ def test_parallel_scan_finds_what_the_serial_one_finds(tmp_path):
     serial = scan_files(paths, workers=1)
     parallel = scan_files(paths, workers=2, parallel_above=0)
     assert parallel.usable == serial.usable and parallel.skipped == serial.skipped and len(serial.skipped) == 1
+
+
+def test_a_second_listing_of_an_unchanged_folder_opens_no_file(tmp_path, monkeypatch):
+    """load_images checks folders, CSVs and annotation sets through the scan cache (under $GRAFT_CACHE, set per test):
+    counted at PIL's Image.open, which the header check calls once per file it opens."""
+    from graft.data.sources import load_images
+
+    for name in ("cat", "dog"):
+        write_images(tmp_path / "data" / name, 3)
+    (tmp_path / "data" / "dog" / "broken.jpg").write_bytes(b"not an image")
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda path, *args, **kwargs: opened.append(Path(path).name) or real_open(path, *args, **kwargs))
+    first = load_images(tmp_path / "data")
+    assert len(first) == 6 and [Path(file).name for file, _ in first.skipped] == ["broken.jpg"]
+    assert first.headers == (7, 0) and len(opened) == 7
+    opened.clear()
+    second = load_images(tmp_path / "data")
+    assert opened == [] and second.headers == (0, 7)  # nothing opened, not even the broken file
+    assert second.paths == first.paths and second.skipped == first.skipped
+    touched = tmp_path / "data" / "cat" / "001.jpg"
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 1_000_000))
+    third = load_images(tmp_path / "data")
+    assert opened == ["001.jpg"] and third.headers == (1, 6) and third.paths == first.paths
+    assert list((cache_dir() / "scan").glob("*.json")) == [scan_cache_file(tmp_path / "data")]  # under graft's cache folder
+
+
+def test_a_cache_folder_that_cannot_be_written_only_costs_the_cache(tmp_path):
+    paths = write_images(tmp_path / "images", 3)
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder would go")
+    scan = scan_files(paths, cache_file=blocker / "scan.json")
+    assert scan.usable == paths and scan.opened == 3

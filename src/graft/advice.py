@@ -136,10 +136,11 @@ def advise(data: Any, backbone: Optional[str] = None, weights: Optional[str] = N
     labelled = np.flatnonzero(images.labels >= 0)
     chosen = labelled[per_class_subset(images.labels[labelled], per_class, seed)]
     sample = images.subset(chosen)
-    fit_index, score_index = stratified_split(sample.labels, 0.5, seed, sample.classes)
     model = create_model(recipe.model.backbone, len(images.classes), weights=recipe.model.weights, pretrained=recipe.model.pretrained).eval()
     pre = resolve_preprocessing(timm.data.resolve_model_data_config(model), recipe.data)
     features = extract_features(model, sample, pre, reporter=life.reporter, channels_last=False, placement=life.placement)
+    # split after extraction: images whose files do not decode have left the sample by now
+    fit_index, score_index = stratified_split(sample.labels, 0.5, seed, sample.classes)
     fit_x, fit_y, score_x, score_y = features[fit_index], sample.labels[fit_index], features[score_index], sample.labels[score_index]
     probe = fit_probe(fit_x, fit_y, None, None, len(images.classes), recipe.linear, seed)
     probe_accuracy = float(((score_x @ probe.weight.T + probe.bias).argmax(1) == score_y).mean())
@@ -150,7 +151,7 @@ def advise(data: Any, backbone: Optional[str] = None, weights: Optional[str] = N
     probe_score = (probe_accuracy - chance) / max(1 - chance, 1e-8)
     transform = eval_transform(pre)
     loader = life.placement.loader(TransformedImages(sample, transform), 64)
-    shift = feature_shift(model, [x for x, _ in loader], placement=life.placement)
+    shift = feature_shift(model, [batch[0] for batch in loader if batch is not None], placement=life.placement)
     similar = probe_score >= SIMILAR_SCORE and (shift is None or shift <= SIMILAR_SHIFT)
     similarity = "similar" if similar else "different"
     ranked, why = MATRIX[(size, similarity)]

@@ -9,6 +9,7 @@ running one is stopped at the end of the epoch that used the budget up. Both are
 """
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import statistics
@@ -111,7 +112,8 @@ def measure_throughput(recipe: Any, images: Any, batch: int = 32, placement: Pla
     model = model.to(device)
     pre = resolve_preprocessing(timm.data.resolve_model_data_config(model), recipe.data)
     data = TransformedImages(images, eval_transform(pre))
-    x = torch.stack([data[i][0] for i in range(min(batch, len(images)))]).to(device)
+    readable = (item for item in map(data.__getitem__, range(len(images))) if item is not None)  # None: a file that did not decode
+    x = torch.stack([item[0] for item in itertools.islice(readable, batch)]).to(device)
     y = torch.zeros(len(x), dtype=torch.long, device=device)
     if recipe.model.channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)

@@ -13,6 +13,7 @@ from graft.lifecycle import Lifecycle, as_path, resolve_recipe
 from graft.loggers import ExperimentLoggers
 from graft.multilabel import evaluate_scores
 from graft.recipe import Recipe
+from graft.report_data import DataSummary
 from graft.routes import Context, find_route, get_route, route_names
 from graft.routes.grow import DEFAULT_GROW_ROUTE
 from graft.run_files import resume_recipe
@@ -91,9 +92,11 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
     if spec.labelled:
         metrics.update(run.returned_model(result.history))  # of the model returned (e.g. lpft's probe), not the best epoch
     metrics = {"seconds": round(time.time() - life.started, 2), **metrics, **result.metrics}
+    # every split's: refused by their header when listed, or by their body when extraction or training decoded them
+    skipped = DataSummary.of({"train": train, "val": val_set, "test": test_set}).skipped
     meta = {"backbone": base_backbone, "route": recipe.route, "classes": result.classes or train.classes, "preprocessing": pre.to_dict(),
             "metrics": metrics, "history": result.history, "info": result.info,
-            "skipped_files": [{"file": f, "reason": r} for f, r in train.skipped], "files_outside_data_folder": train.outside,
+            "skipped_files": skipped, "skipped_count": len(skipped), "files_outside_data_folder": train.outside,
             "recipe": recipe.to_dict(), "multilabel": train.multilabel}
     return life.finish_run(run, model, meta, evaluation, splits={"train": train, "val": val_set, "test": test_set},
                            experiment=experiment, test_logits=logits)

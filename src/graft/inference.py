@@ -102,6 +102,8 @@ def evaluate(run: str | Path | Run, data: Any, batch_size: int = 128, quiet: boo
         evaluation = evaluate_logits(scores, images.labels, images.classes)
         evaluation.extra["confusion_png"] = str(save_figure(plot_confusion(evaluation.confusion, evaluation.classes), folder / "confusion.png"))
     evaluation.extra.update(life.describe(), tta=tta)  # where the forward passes ran: a user checks the GPU path here
+    if images.skipped:  # refused by their header, or their body did not decode: not counted, named here
+        evaluation.extra["skipped_files"] = [{"file": file, "reason": reason} for file, reason in images.skipped]
     (folder / "evaluation.json").write_text(json.dumps(evaluation.to_dict(), indent=2))
     return evaluation
 
@@ -125,7 +127,8 @@ def select_task(run: Run, task: Optional[str | int]) -> Run:
 def predict(run: str | Path | Run, images: Sequence[str | Path] | ImageSet, top_k: int = 5, task: Optional[str | int] = None,
             precision: Optional[str] = None, accelerator: Optional[str] = None, tta: Optional[str] = None) -> list[dict[str, Any]]:
     """Top-k class names and probabilities for each image file (``task``: which task of a grown run answers;
-    ``precision`` / ``accelerator`` / ``tta`` as for :func:`evaluate`)."""
+    ``precision`` / ``accelerator`` / ``tta`` as for :func:`evaluate`). A file that does not decode is left out of the
+    results and named in a warning (all of them: an error naming the file)."""
     run = select_task(run if isinstance(run, Run) else load_run(run), task)
     life = run_lifecycle(run, precision, accelerator)
     if not isinstance(images, ImageSet):

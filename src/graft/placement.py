@@ -15,7 +15,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 # Lightning's precision names -> the autocast dtype of their forward passes ("-true" ones cast the weights in training;
 # for inference, autocast to the same dtype gives the same arithmetic without changing the caller's model)
@@ -57,6 +57,14 @@ def set_threads(threads: Optional[int], processes: int = 1) -> int:
     chosen = threads or default_threads(usable_cores(), processes, torch.get_num_threads())
     torch.set_num_threads(chosen)
     return chosen
+
+
+def collate_readable(items: list[Any]) -> Any:
+    """torch's default collate of the items that are not None; None when none is left. A dataset returns None for an
+    image whose body failed to decode (:class:`graft.data.transforms.TransformedImages`), which then leaves its batch
+    here, in the loader worker, while the dataset records which image it was."""
+    kept = [item for item in items if item is not None]
+    return default_collate(kept) if kept else None
 
 
 def holds_files(images: Any) -> bool:
@@ -107,9 +115,12 @@ class Placement:
 
     def loader(self, dataset: Dataset, batch_size: int, persistent: bool = False, **options: Any) -> DataLoader:
         """A DataLoader with this placement's workers (decoding and transforms run in them) and pinned memory on CUDA;
-        ``persistent``: workers stay alive between epochs (a loader iterated more than once, as in training)."""
+        ``persistent``: workers stay alive between epochs (a loader iterated more than once, as in training). Items that
+        are None (images that did not decode) are dropped from their batch (:func:`collate_readable`): a batch is None
+        when all of its items were."""
         batches = -(-len(dataset) // batch_size) if hasattr(dataset, "__len__") else None  # type: ignore[arg-type]
         workers = self.workers(dataset, batches)
+        options.setdefault("collate_fn", collate_readable)
         return DataLoader(dataset, batch_size=batch_size, num_workers=workers, persistent_workers=persistent and workers > 0,
                           pin_memory=self.pin_memory, **options)
 
@@ -177,10 +188,6 @@ class Shard:
             return [value]
         return [int(v) for v in self.fabric.all_gather(torch.tensor(value, device=self.fabric.device)).reshape(-1).tolist()]
 
-    def broadcast(self, value: Any) -> Any:
-        """Rank 0's ``value`` on every rank."""
-        return self.fabric.broadcast(value, src=0) if self.active else value
-
     def barrier(self) -> None:
         if self.active:
             self.fabric.barrier()
@@ -201,4 +208,4 @@ class Shard:
                 out[positions] = gathered[rank, :len(positions)]
 
 
-__all__ = ["Placement", "Shard", "AUTOCAST_DTYPES", "default_threads", "default_workers", "set_threads", "usable_cores"]
+__all__ = ["Placement", "Shard", "AUTOCAST_DTYPES", "collate_readable", "default_threads", "default_workers", "set_threads", "usable_cores"]

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from graft.data.sources import ImageSet, _check_image
+from graft.data.sources import ImageSet, check_files
 from graft.errors import GraftError
 
 log = logging.getLogger("graft")
@@ -30,21 +30,29 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 class _Collector:
-    """Accumulates images and their objects, then builds the ImageSet (shared by both readers)."""
+    """Accumulates images and their objects, then checks the files (by header, all at once: :func:`check_files`) and
+    builds the ImageSet (shared by both readers)."""
 
     def __init__(self, origin: str) -> None:
         self.origin = origin
+        self.listed: list[tuple[Path, Optional[tuple[int, int]], list[tuple[str, float, float, float, float]]]] = []
         self.paths: list[Path] = []
         self.objects: list[list[tuple[str, float, float, float, float]]] = []
         self.skipped: list[tuple[str, str]] = []
         self.clipped = 0
 
     def add(self, path: Path, size: Optional[tuple[int, int]], objects: list[tuple[str, float, float, float, float]]) -> None:
-        reason = "file not found" if not path.exists() else _check_image(path)
-        if reason:
-            self.skipped.append((str(path), reason))
-            log.warning("skipped %s: %s", path, reason)
-            return
+        self.listed.append((path, size, objects))
+
+    def check(self) -> None:
+        """Keep the listed images whose files are usable, their boxes clipped to the image."""
+        _, self.skipped, _ = check_files([path for path, _, _ in self.listed], self.origin)
+        refused = {file for file, _ in self.skipped}
+        for path, size, objects in self.listed:
+            if str(path) not in refused:
+                self._keep(path, size, objects)
+
+    def _keep(self, path: Path, size: Optional[tuple[int, int]], objects: list[tuple[str, float, float, float, float]]) -> None:
         width, height = size if size and size[0] > 0 and size[1] > 0 else _image_size(path)
         kept = []
         for name, x0, y0, x1, y1 in objects:
@@ -112,6 +120,7 @@ def read_voc(root: Path, classes: Optional[list[str]] = None) -> ImageSet:
             xmin, ymin, xmax, ymax = (float(_text(box, tag, file)) for tag in ("xmin", "ymin", "xmax", "ymax"))
             objects.append((_text(obj, "name", file), xmin - 1, ymin - 1, xmax, ymax))
         collector.add(image, dims, objects)
+    collector.check()
     if classes is None and (root / "classes.txt").exists():
         classes = [line.strip() for line in (root / "classes.txt").read_text().splitlines() if line.strip()]
     if classes is None:
@@ -142,6 +151,7 @@ def read_coco(path: Path, classes: Optional[list[str]] = None) -> ImageSet:
         file = Path(image["file_name"])
         size = (int(image["width"]), int(image["height"])) if "width" in image and "height" in image else None
         collector.add(file if file.is_absolute() else path.parent / file, size, per_image[image["id"]])
+    collector.check()
     if classes is None:
         classes = [categories[key] for key in sorted(categories)]
     return _finish(collector, classes, str(path))

@@ -1,7 +1,8 @@
 """Read a labelled image set from a class folder, a CSV of path,label or an .npz.
 
 Every reader returns an :class:`ImageSet`: images as RGB uint8 (H, W, 3) arrays,
-integer labels indexing ``classes``. Corrupt files are named, skipped and counted.
+integer labels indexing ``classes``. Files are checked by their header (:mod:`graft.data.scan`); corrupt ones are
+named, skipped and counted.
 """
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from graft.data.npz import check_class_names, check_labels, normalise_images, read_arrays
+from graft.data.scan import bomb_reason, scan_cache_file, scan_files
 from graft.errors import GraftError
 
 log = logging.getLogger("graft")
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+DECODE_FAILED = "cannot read image"  # its body does not decode (the header passed the scan)
 DATA_FORMS = ("a folder with one sub-folder per class, a CSV of path,label, an .npz with images/labels, "
               "or (several labels per image) a Pascal VOC folder with Annotations/ or a COCO .json")
 
@@ -44,6 +47,7 @@ class ImageSet:
     boxes: Optional[list[np.ndarray]] = None
     clipped_boxes: int = 0  # boxes that reached outside their image and were clipped to it
     outside: list[str] = field(default_factory=list)  # CSV paths outside the CSV's folder: allowed, listed in the run's report
+    headers: tuple[int, int] = (0, 0)  # files opened to check their header, files whose check came from the scan cache
 
     @property
     def multilabel(self) -> bool:
@@ -73,6 +77,24 @@ class ImageSet:
             clipped_boxes=self.clipped_boxes,
             outside=self.outside,
         )
+
+    def discard(self, reasons: dict[int, str]) -> None:
+        """Remove the images ``reasons`` names ({index: why its file does not decode}) from this set, in place, and name
+        each in :attr:`skipped`: what any later step (labels, rows of features, the report's counts) sees is the images
+        that remain. A set left with no image is an error naming the files."""
+        if not reasons:
+            return
+        assert self.paths is not None, "only images read from files can fail to decode"
+        named = [(str(self.paths[index]), reason) for index, reason in sorted(reasons.items())]
+        if len(named) == len(self):
+            file, reason = named[0]
+            raise GraftError(f"{file}: {reason}" if len(named) == 1 else
+                             f"{self.origin}: none of its {len(named)} images decodes (e.g. {file}: {reason})")
+        for file, reason in named:
+            log.warning("skipped %s: %s", file, reason)
+        kept = self.subset(np.setdiff1d(np.arange(len(self)), list(reasons)))
+        self.labels, self.paths, self.targets, self.boxes = kept.labels, kept.paths, kept.targets, kept.boxes
+        self.skipped = [*self.skipped, *named]  # a new list: sets that shared the old one (subsets) still hold these images
 
     def fingerprint(self) -> str:
         """Content hash of the image list (pixels for arrays; path, size and mtime for files)."""
@@ -104,25 +126,23 @@ def to_rgb_uint8(image: Image.Image) -> np.ndarray:
 
 
 def read_image(path: Path) -> np.ndarray:
+    """The file's pixels as RGB uint8 (H, W, 3); a file that does not decode is a GraftError naming it and why."""
     try:
         with _bombs_refused(), Image.open(path) as image:
             return to_rgb_uint8(image)
     except Image.DecompressionBombError:
-        raise GraftError(f"{path}: {_bomb_reason(path)}; replace or remove the file") from None
-    except (OSError, UnidentifiedImageError, ValueError) as error:
-        raise GraftError(f"{path}: cannot read image ({error}); replace or remove the file") from error
+        raise GraftError(f"{path}: {bomb_reason(path)}") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as error:
+        raise GraftError(f"{path}: {DECODE_FAILED} ({type(error).__name__}: {error}); replace or remove the file") from error
 
 
-def _check_image(path: Path) -> Optional[str]:
-    """Return why ``path`` is not a readable image, or None."""
+def decode_problem(path: Path) -> str:
+    """Why the body of ``path`` does not decode (its header was fine: it passed the scan), from decoding it here."""
     try:
-        with _bombs_refused(), Image.open(path) as image:
-            image.load()
-    except Image.DecompressionBombError:
-        return _bomb_reason(path)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-        return f"not a readable image ({type(error).__name__}: {error})"
-    return None
+        read_image(Path(path))
+    except GraftError as error:
+        return str(error).removeprefix(f"{path}: ")
+    return f"{DECODE_FAILED} in a loader worker, though it decodes now (changed since?)"
 
 
 @contextlib.contextmanager
@@ -136,41 +156,23 @@ def _bombs_refused() -> Iterator[None]:
             raise Image.DecompressionBombError(str(warning)) from None
 
 
-def _bomb_reason(path: Path) -> str:
-    size = _declared_size(path)
-    declared = f"{size[0]}x{size[1]}" if size else "more than"
-    return f"declares {declared} pixels, above PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels (not decoded)"
-
-
-def _declared_size(path: Path) -> Optional[tuple[int, int]]:
-    """Width and height from the file's header, read by PIL's format plugins without Image.open's size check."""
-    Image.init()
-    with path.open("rb") as handle:
-        prefix = handle.read(16)
-        for name in Image.ID:
-            factory, accept = Image.OPEN[name]
-            if accept is not None and not accept(prefix):
-                continue
-            handle.seek(0)
-            with contextlib.suppress(Exception):
-                return factory(handle, str(path)).size
-    return None
+def check_files(files: Sequence[Path], origin: str | Path) -> tuple[list[Path], list[tuple[str, str]], tuple[int, int]]:
+    """(usable files, refused (file, reason), (headers opened, headers from the cache)) of ``files`` in their order:
+    each checked by its header (format, size, mode; :mod:`graft.data.scan`), in parallel for large sets, cached per
+    ``origin`` so a second listing opens only files that changed. Bodies are decoded later, by the loaders."""
+    scan = scan_files(files, scan_cache_file(origin))
+    for file, reason in scan.skipped:
+        log.warning("skipped %s: %s", file, reason)
+    return scan.usable, scan.skipped, (scan.opened, scan.from_cache)
 
 
 def _files_to_set(files: list[tuple[Path, str]], classes: list[str], origin: str) -> ImageSet:
-    skipped: list[tuple[str, str]] = []
-    paths: list[Path] = []
-    labels: list[int] = []
+    usable, skipped, headers = check_files([path for path, _ in files], origin)
+    refused = {file for file, _ in skipped}
     index = {name: i for i, name in enumerate(classes)}
-    for path, label in files:
-        reason = "file not found" if not path.exists() else _check_image(path)
-        if reason:
-            skipped.append((str(path), reason))
-            log.warning("skipped %s: %s", path, reason)
-            continue
-        paths.append(path)
-        labels.append(index[label])
-    return ImageSet(classes=classes, labels=np.asarray(labels, np.int64), paths=paths, origin=origin, skipped=skipped)
+    kept = [(path, index[label]) for path, label in files if str(path) not in refused]
+    return ImageSet(classes=classes, labels=np.asarray([label for _, label in kept], np.int64), paths=[path for path, _ in kept],
+                    origin=origin, skipped=skipped, headers=headers)
 
 
 def _read_folder(root: Path) -> tuple[list[tuple[Path, str]], list[str]]:

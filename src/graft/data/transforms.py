@@ -6,13 +6,15 @@ mean and std. Batch-level MixUp/CutMix are returned separately (they need labels
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from torchvision.transforms import v2
 
+from graft.data.sources import decode_problem
 from graft.errors import GraftError
+from graft.placement import holds_files
 from graft.recipe import AugmentConfig, DataConfig
 from graft.recipe_checks import AUGMENT_PRESETS as PRESETS  # preset names are recipe values
 
@@ -139,19 +141,44 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 class TransformedImages(torch.utils.data.Dataset):
-    """An ImageSet seen through a transform: items are (float tensor (3, S, S), label)."""
+    """An ImageSet seen through a transform: items are (float tensor (3, S, S), label).
+
+    An image file whose header passed the scan but whose body fails to decode (e.g. a JPEG cut short) gives None
+    instead of an item, which :func:`graft.placement.collate_readable` drops from its batch, and is flagged in
+    :attr:`unreadable`: a tensor in shared memory, so a flag set in a loader worker process is seen by the main process,
+    which names the file and the reason (:meth:`unreadable_reasons`) once the loader is done.
+    """
 
     def __init__(self, images: Any, transform: Callable[[torch.Tensor], torch.Tensor], indexed: bool = False) -> None:
         self.images = images
         self.transform = transform
         self.indexed = indexed  # items become (image, label, index): for per-image tables such as cached teacher logits
+        self.unreadable: Optional[torch.Tensor] = torch.zeros(len(images), dtype=torch.bool).share_memory_() if holds_files(images) else None
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[Any, ...]:
-        """(image, label), or (image, (C,) 0/1 float targets) for multi-label sets; ``index`` last when indexed."""
+    def __getitem__(self, index: int) -> Optional[tuple[Any, ...]]:
+        """(image, label), or (image, (C,) 0/1 float targets) for multi-label sets; ``index`` last when indexed;
+        None when the image's file does not decode."""
         targets = getattr(self.images, "targets", None)
         label = torch.from_numpy(targets[index]) if targets is not None else int(self.images.labels[index])
-        image = self.transform(to_tensor(self.images.image(index)))
+        try:
+            array = self.images.image(index)
+        except GraftError:  # read_image names the file and why; the main process asks again (unreadable_reasons)
+            if self.unreadable is None:
+                raise
+            self.unreadable[index] = True
+            return None
+        image = self.transform(to_tensor(array))
         return (image, label, index) if self.indexed else (image, label)
+
+    def unreadable_indices(self) -> np.ndarray:
+        """Indices of the images that failed to decode in any process so far, in order."""
+        return np.zeros(0, np.int64) if self.unreadable is None else np.flatnonzero(self.unreadable.numpy())
+
+    def unreadable_reasons(self, indices: Optional[Sequence[int]] = None) -> dict[int, str]:
+        """{index: why its body does not decode} for ``indices`` (default :meth:`unreadable_indices`), found again by
+        decoding each in this process: few files, and a worker's exception does not travel with its batch."""
+        indices = self.unreadable_indices() if indices is None else indices
+        return {int(index): decode_problem(self.images.paths[int(index)]) for index in indices}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from graft.data.sources import IMAGE_SUFFIXES, ImageSet, _check_image, _normalise_array
+from graft.data.sources import IMAGE_SUFFIXES, ImageSet, _normalise_array, check_files
 from graft.data.npz import read_arrays
 from graft.errors import GraftError
 
@@ -35,13 +35,10 @@ def load_unlabeled(source: str | Path, classes: list[str]) -> ImageSet:
 
 def _read_folder(root: Path, classes: list[str]) -> ImageSet:
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
-    skipped, paths = [], []
-    for file in files:
-        reason = _check_image(file)
-        (skipped.append((str(file), reason)) if reason else paths.append(file))
+    paths, skipped, headers = check_files(files, root)
     if not paths:
         raise GraftError(f"{root}: no readable images (skipped {len(skipped)}); give {UNLABELED_FORMS}")
-    return ImageSet(classes, np.full(len(paths), -1, np.int64), paths=paths, origin=str(root), skipped=skipped)
+    return ImageSet(classes, np.full(len(paths), -1, np.int64), paths=paths, origin=str(root), skipped=skipped, headers=headers)
 
 
 def hidden_labels(source: str | Path, classes: list[str]) -> np.ndarray:

@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
+import numpy as np
 import torch
 from lightning_fabric import Fabric
 from torch import nn
@@ -109,7 +110,10 @@ def validate(fabric: Fabric, model: nn.Module, loader: DataLoader) -> tuple[floa
     """(accuracy, mean cross-entropy) over ``loader``, summed across processes."""
     model.eval()
     totals = torch.zeros(3)
-    for images, labels in loader:
+    for batch in loader:
+        if batch is None:  # no image of this batch decoded (graft.placement.collate_readable)
+            continue
+        images, labels = batch
         logits = model(images)
         totals += torch.tensor([hits(logits, labels).sum().item(), batch_loss(logits, labels, "sum").item(), len(labels)])
     totals = fabric.all_reduce(totals, reduce_op="sum") if fabric.world_size > 1 else totals
@@ -137,6 +141,23 @@ def _dataset(images: ImageSet | Dataset, transform: Callable[[torch.Tensor], tor
     return images if isinstance(images, Dataset) else TransformedImages(images, transform, indexed)
 
 
+def skip_unreadable(fabric: Fabric, run: RunDirectory, sets: dict[str, tuple[Any, Optional[Dataset]]]) -> None:
+    """Name the images whose files failed to decode while training (flagged by :class:`TransformedImages`, in any loader
+    worker of any rank) in the run's metrics.jsonl, and take them out of their ImageSet (:meth:`ImageSet.discard`), so
+    model.json and the report list them and count only the images that remain."""
+    for name, (images, dataset) in sets.items():
+        if not isinstance(images, ImageSet) or not isinstance(dataset, TransformedImages) or dataset.unreadable is None:
+            continue
+        flags = dataset.unreadable.to(torch.int32)
+        if fabric.world_size > 1:  # each rank saw its share of the images
+            flags = fabric.all_reduce(flags.to(fabric.device), reduce_op="sum").cpu()
+        reasons = dataset.unreadable_reasons(np.flatnonzero(flags.numpy() > 0))
+        if reasons:
+            run.log(event="skipped", split=name, during="training",
+                    files=[{"file": str(images.paths[i]), "reason": reason} for i, reason in sorted(reasons.items())])
+            images.discard(reasons)
+
+
 def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], train: ImageSet | Dataset,
                  val: Optional[ImageSet | Dataset], step: Optional[Callable[..., dict[str, torch.Tensor]]] = None,
                  unlabeled: Optional[ImageSet] = None) -> list[dict[str, Any]]:
@@ -162,20 +183,22 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
     # stage, epoch) and a resumed run is exact; persistent workers would carry their random state across epochs.
     # Validation has no randomness: its workers persist.
     placement = Placement.for_fabric(fabric, recipe.runtime.precision, recipe.data.num_workers)
-    train_loader = placement.loader(_dataset(train, transform, indexed), batch_size, persistent=False,
+    train_data = _dataset(train, transform, indexed)
+    train_loader = placement.loader(train_data, batch_size, persistent=False,
                                     shuffle=True, generator=generator, drop_last=len(train) > batch_size)
     train_loader = fabric.setup_dataloaders(train_loader)
-    unlabeled_loader, unlabeled_generator = None, torch.Generator()
+    unlabeled_loader, unlabeled_generator, unlabeled_data = None, torch.Generator(), None
     if unlabeled is not None and len(unlabeled):
         unlabeled_batch = min(recipe.data.batch_size, len(unlabeled))
+        views = step.unlabeled_views(pre, config.augment) if hasattr(step, "unlabeled_views") else transform  # e.g. FixMatch's pairs
+        unlabeled_data = TransformedImages(unlabeled, views, indexed)
         unlabeled_loader = fabric.setup_dataloaders(placement.loader(
-            TransformedImages(unlabeled, step.unlabeled_views(pre, config.augment) if hasattr(step, "unlabeled_views") else transform, indexed),
-            unlabeled_batch, persistent=False, shuffle=True, generator=unlabeled_generator,
+            unlabeled_data, unlabeled_batch, persistent=False, shuffle=True, generator=unlabeled_generator,
             drop_last=len(unlabeled) > unlabeled_batch))
-    val_loader = None
+    val_loader, val_data = None, None
     if val is not None and len(val):
-        val_loader = fabric.setup_dataloaders(placement.loader(_dataset(val, eval_transform(pre)), recipe.data.batch_size * 2,
-                                                               persistent=True))
+        val_data = _dataset(val, eval_transform(pre))
+        val_loader = fabric.setup_dataloaders(placement.loader(val_data, recipe.data.batch_size * 2, persistent=True))
     step = step or (MultiLabelStep() if train.multilabel else SupervisedStep(config.label_smoothing, batch_mixer(config.augment, len(train.classes))))
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -242,6 +265,8 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
                 # warm-up and step decay keep their place in the schedule as given, before any stretch
                 set_learning_rates(optimizer, lr_factor(config, (epoch * steps + i) / (stage.epochs * steps), epoch // stretch,
                                                         stage.epochs // stretch))
+                if batch is None or (unlabeled_loader is not None and extra is None):
+                    continue  # every image of a batch failed to decode (graft.placement.collate_readable): nothing to learn from
                 if hasattr(step, "progress"):
                     step.progress = (epochs_before + epoch + i / steps) / total_epochs
                 if channels_last:
@@ -281,6 +306,7 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
                 break
         state.stage, state.epoch, state.bad_epochs = index + 1, 0, 0
         checkpoint = None
+    skip_unreadable(fabric, run, {"train": (train, train_data), "val": (val, val_data), "unlabeled": (unlabeled, unlabeled_data)})
     best.restore(model)  # no-op when nothing was kept (no validation set)
     if best.state is not None and state.best_at is not None:
         # the weights put back (stage, epoch within it; 0: the starting model, e.g. lpft's probe), also counted over the
