@@ -33,7 +33,7 @@ class Selection:
         return [int(i) for i in np.flatnonzero(self.weights > 0)]
 
 
-def _score(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+def accuracy_and_log_loss(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """(accuracy, mean negative log-likelihood) of (N, C) probabilities."""
     accuracy = float((probabilities.argmax(1) == labels).mean())
     log_loss = float(-np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, None)).mean())
@@ -55,7 +55,7 @@ def greedy_selection(probabilities: Sequence[np.ndarray], labels: np.ndarray, st
     best: tuple[tuple[float, float], np.ndarray] = ((-1.0, 0.0), counts.copy())
     path = []
     for step in range(1, steps + 1):
-        candidates = [_score((total + p) / step, labels) for p in library]
+        candidates = [accuracy_and_log_loss((total + p) / step, labels) for p in library]
         choice = max(range(len(library)), key=lambda i: (candidates[i][0], -candidates[i][1]))
         counts[choice] += 1
         total = total + library[choice]
@@ -104,4 +104,4 @@ def same_preprocessing(preprocessings: Sequence[dict]) -> bool:
     return all(p == preprocessings[0] for p in preprocessings)
 
 
-__all__ = ["Ensemble", "FlipAverage", "Selection", "greedy_selection", "same_preprocessing"]
+__all__ = ["Ensemble", "FlipAverage", "Selection", "accuracy_and_log_loss", "greedy_selection", "same_preprocessing"]

@@ -29,7 +29,7 @@ from graft import fitting
 from graft.advice import advise
 from graft.comparison import BudgetedRunner, default_routes, measure_throughput, order_routes, parse_budget
 from graft.data.sources import ImageSet
-from graft.ensembles import Ensemble, greedy_selection, same_preprocessing
+from graft.ensembles import Ensemble, accuracy_and_log_loss, greedy_selection, same_preprocessing
 from graft.errors import GraftError
 from graft.evaluation import evaluate_logits
 from graft.inference import resolve_tta, run_probabilities, run_scores
@@ -122,7 +122,7 @@ def fit_auto(data: Any = None, backbone: Optional[str] = None, weights: Optional
             _check_same_split(candidate, train, val_set)
             probabilities = run_probabilities(candidate, run_scores(candidate, val_set, placement=life.placement, tta="none"))
             library[name] = (candidate, probabilities)
-            row["val_accuracy"], row["val_log_loss"] = _accuracy_and_loss(probabilities, val_set.labels)
+            row["val_accuracy"], row["val_log_loss"] = accuracy_and_log_loss(probabilities, val_set.labels)
             reporter.print(f"{name}: validation accuracy {100 * row['val_accuracy']:.1f}% in {entry.seconds:.0f} s")
         rows.append(row)
     if not library:
@@ -165,11 +165,6 @@ def _check_same_split(candidate: Run, train: ImageSet, val: ImageSet) -> None:
         raise GraftError(f"{candidate.path}: this candidate was fitted on other images than route auto's train/val split")
 
 
-def _accuracy_and_loss(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    accuracy = float((probabilities.argmax(1) == labels).mean())
-    return accuracy, float(-np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, None)).mean())
-
-
 def _choose(library: dict[str, tuple[Run, np.ndarray]], best: dict[str, Any], val: ImageSet, ensemble: str, base: Recipe,
             path: Path) -> tuple[Any, dict[str, Any], float, str, dict[str, Any]]:
     """(model, meta, validation accuracy, why, the ensemble attempt) of the result: the best candidate, or an ensemble."""
@@ -182,7 +177,7 @@ def _choose(library: dict[str, tuple[Run, np.ndarray]], best: dict[str, Any], va
         selection = greedy_selection([library[n][1] for n in names], val.labels)
         weights = selection.weights if ensemble == "auto" else np.full(len(names), 1 / len(names))
         mixed = sum(w * library[n][1] for w, n in zip(weights, names))
-        accuracy, loss = _accuracy_and_loss(mixed, val.labels)
+        accuracy, loss = accuracy_and_log_loss(mixed, val.labels)
         members = {n: round(float(w), 4) for n, w in zip(names, weights) if w > 0}
         combined = {"tried": True, "method": "greedy selection with replacement (Caruana et al. 2004)" if ensemble == "auto" else "equal weights",
                     "weights": members, "val_accuracy": accuracy, "val_log_loss": loss,
