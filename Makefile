@@ -13,8 +13,10 @@ browser:
 demo: install
 	graft demo
 
+# one process per core (pytest-xdist, whole files per process), each with one torch thread: two processes with two
+# threads each on two cores would spin against each other (see docs/devices.md)
 test: install browser
-	$(PYTHON) -m pytest -q
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q -n auto --dist loadfile
 
 bench:
 	$(PIP_INSTALL) -e ".[test,bench]"

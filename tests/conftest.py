@@ -35,7 +35,8 @@ def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("GRAFT_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    torch.set_num_threads(int(os.environ.get("GRAFT_THREADS", "2")))
+    # one thread per pytest-xdist worker (`make test` runs one per core), else two
+    torch.set_num_threads(int(os.environ.get("GRAFT_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")))
 
 
 def make_images(n: int = 90, classes: int = 3, size: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
