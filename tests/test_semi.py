@@ -189,7 +189,9 @@ def test_teacher_logits_per_batch_see_the_teachers_own_size_and_normalisation():
     teacher_pre = Preprocessing(16, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     student_pre = Preprocessing(12, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     colours = torch.rand(5, 3, 1, 1)
-    normalise = lambda size, p: (colours.expand(-1, -1, size, size) - torch.tensor(p.mean).view(1, 3, 1, 1)) / torch.tensor(p.std).view(1, 3, 1, 1)  # noqa: E731
+    def normalise(size: int, p: Preprocessing) -> torch.Tensor:
+        return (colours.expand(-1, -1, size, size) - torch.tensor(p.mean).view(1, 3, 1, 1)) / torch.tensor(p.std).view(1, 3, 1, 1)
+
     targets = TeacherLogits(Teacher(model, teacher_pre, "linear16"), student_pre)
     logits = targets(normalise(12, student_pre), torch.arange(5), True)
     assert torch.allclose(logits, model(normalise(16, teacher_pre)), atol=1e-4)
