@@ -38,16 +38,18 @@ def subset_npz(source: Path, per_class: int, seed: int, folder: Path) -> Path:
     return out
 
 
-def pool_npz(per_class: int, seed: int, size: Optional[int], folder: Path) -> Path:
-    """CIFAR-10 training images outside the labelled subset of ``subset_npz(..., per_class, seed)``: ``size`` of them
-    (seeded), or all of them (None), with their labels kept for --audit only."""
+def pool_npz(per_class: int, seed: int, size: Optional[int], folder: Path, source: Optional[Path] = None) -> Path:
+    """Training images of ``source`` (CIFAR-10 by default) outside the labelled subset of ``subset_npz(source, per_class,
+    seed)``: ``size`` of them (seeded; all if fewer are left), or all of them (None), with their labels kept for --audit only."""
     from graft.data.split import per_class_subset
 
-    out = folder / f"pool_{per_class}pc_s{seed}_{size or 'all'}.npz"
+    source = source or SHARED / "datasets" / "cifar10_train.npz"
+    prefix = "" if source.name == "cifar10_train.npz" else f"{source.stem}_"  # CIFAR pools keep the names semi.py made
+    out = folder / f"{prefix}pool_{per_class}pc_s{seed}_{size or 'all'}.npz"
     if not out.exists():
-        data = np.load(SHARED / "datasets" / "cifar10_train.npz")
+        data = np.load(source)
         rest = np.setdiff1d(np.arange(len(data["labels"])), per_class_subset(data["labels"], per_class, seed))
-        chosen = rest if size is None else np.sort(np.random.default_rng(1000 + seed).choice(rest, size, replace=False))
+        chosen = rest if size is None or size >= len(rest) else np.sort(np.random.default_rng(1000 + seed).choice(rest, size, replace=False))
         np.savez(out, images=data["images"][chosen], labels=data["labels"][chosen], classes=data["classes"])
     return out
 
