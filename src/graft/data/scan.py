@@ -122,7 +122,8 @@ def scan_files(paths: Sequence[str | Path], cache_file: Optional[Path] = None, w
     cache = _read_cache(cache_file)
     keys, stamps, problems = [], [], {}
     for path in paths:
-        key = str(Path(path).resolve())
+        key = os.fspath(path)
+        key = key if os.path.isabs(key) else os.path.abspath(key)  # no system call (resolve() lstats every component)
         keys.append(key)
         try:
             stat = os.stat(key)
@@ -148,7 +149,7 @@ def scan_files(paths: Sequence[str | Path], cache_file: Optional[Path] = None, w
     scan.opened = len(todo)
     for path, key in zip(paths, keys):
         if problems[key] is None:
-            scan.usable.append(Path(path))
+            scan.usable.append(path)
         else:
             scan.skipped.append((str(path), problems[key]))
     if cache_file is not None:

@@ -166,12 +166,12 @@ def check_files(files: Sequence[Path], origin: str | Path) -> tuple[list[Path], 
     return scan.usable, scan.skipped, (scan.opened, scan.from_cache)
 
 
-def _files_to_set(files: list[tuple[Path, str]], classes: list[str], origin: str) -> ImageSet:
+def _files_to_set(files: list[tuple[Path | str, str]], classes: list[str], origin: str) -> ImageSet:
     usable, skipped, headers = check_files([path for path, _ in files], origin)
     refused = {file for file, _ in skipped}
     index = {name: i for i, name in enumerate(classes)}
     kept = [(path, index[label]) for path, label in files if str(path) not in refused]
-    return ImageSet(classes=classes, labels=np.asarray([label for _, label in kept], np.int64), paths=[path for path, _ in kept],
+    return ImageSet(classes=classes, labels=np.asarray([label for _, label in kept], np.int64), paths=[path if isinstance(path, Path) else Path(path) for path, _ in kept],
                     origin=origin, skipped=skipped, headers=headers)
 
 
@@ -181,13 +181,27 @@ def _read_folder(root: Path) -> tuple[list[tuple[Path, str]], list[str]]:
         raise GraftError(f"{root}: no class sub-folders; put the images of each class in its own sub-folder")
     files = []
     for folder in folders:
-        # a dangling symlink is neither file nor folder: keep it so it is skipped and listed like an unreadable file
-        members = sorted(p for p in folder.rglob("*") if (p.is_file() or (p.is_symlink() and not p.exists()))
-                         and not p.name.startswith("."))
+        members = list(_files_under(folder))
         if not members:
             raise GraftError(f"{folder}: class folder has no images; add images or remove the folder")
         files.extend((p, folder.name) for p in members)
     return files, [f.name for f in folders]
+
+
+def _files_under(folder: Path) -> Iterator[Path]:
+    """Every file under ``folder`` (not hidden ones) in path order, by ``os.scandir`` sorted by name (the order of
+    sorting the paths, without comparing 10^5 Path objects): its entries know their type without one ``stat`` per
+    file. A dangling symlink is neither file nor folder: it is listed, so it is skipped and named like an unreadable
+    file; a linked folder is not walked (it could link back)."""
+    with os.scandir(folder) as listing:
+        entries = sorted(listing, key=lambda entry: entry.name)
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            yield from _files_under(folder / entry.name)
+        elif entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path)):
+            yield folder / entry.name
 
 
 def _read_csv(path: Path) -> tuple[list[tuple[Path, str]], list[str]]:
