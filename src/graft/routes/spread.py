@@ -39,15 +39,17 @@ def pseudo_weights(scores: np.ndarray, num_classes: int) -> tuple[np.ndarray, np
 
 
 def choose_spread(neighbours: Neighbours, seed_count: int, seed_labels: np.ndarray, val_rows: np.ndarray, val_labels: np.ndarray,
-                  num_classes: int, config: SpreadConfig) -> tuple[tuple[int, float], dict[str, float]]:
-    """(k, α) with the best spread accuracy on the validation nodes (ties: the smaller k, then the smaller α)."""
+                  num_classes: int, config: SpreadConfig) -> tuple[tuple[int, float], dict[str, float], np.ndarray]:
+    """(k, α) with the best spread accuracy on the validation nodes (ties: the smaller k, then the smaller α), every
+    pair's score, and the chosen pair's (N, C) spread."""
     scores: dict[str, float] = {}
+    spreads: dict[tuple[int, float], np.ndarray] = {}
     for k in config.k_grid:
         for alpha in config.alpha_grid:
-            spread = spread_labels(neighbours, np.arange(seed_count), seed_labels, num_classes, k, alpha, config.gamma)
-            scores[f"k={k},alpha={alpha}"] = round(float((spread[val_rows].argmax(1) == val_labels).mean()), 4)
-    best = max(((k, a) for k in config.k_grid for a in config.alpha_grid), key=lambda p: (scores[f"k={p[0]},alpha={p[1]}"], -p[0], -p[1]))
-    return best, scores
+            spreads[k, alpha] = spread_labels(neighbours, np.arange(seed_count), seed_labels, num_classes, k, alpha, config.gamma)
+            scores[f"k={k},alpha={alpha}"] = round(float((spreads[k, alpha][val_rows].argmax(1) == val_labels).mean()), 4)
+    best = max(spreads, key=lambda pair: (scores[f"k={pair[0]},alpha={pair[1]}"], -pair[0], -pair[1]))
+    return best, scores, spreads[best]
 
 
 @register_route("spread", features_only=True, unlabeled=True)
@@ -73,10 +75,9 @@ def spread(context: Context) -> RouteResult:
     labelled = len(train_x) + len(val_x)
     info: dict[str, Any] = {"pool": int(len(pool_x)), "graph_nodes": int(len(nodes))}
     if has_val:
-        (k, alpha), info["spread_scores"] = choose_spread(neighbours, len(train_x), train_y, np.arange(len(train_x), labelled),
-                                                          val_y, classes, config)
+        (k, alpha), info["spread_scores"], spread_scores = choose_spread(neighbours, len(train_x), train_y,
+                                                                         np.arange(len(train_x), labelled), val_y, classes, config)
         # the probe's C, on validation: probes fitted on the training labels plus the pool as spread from them
-        spread_scores = spread_labels(neighbours, np.arange(len(train_x)), train_y, classes, k, alpha, config.gamma)
         pseudo, weight = pseudo_weights(spread_scores[labelled:], classes)
         chosen = fit_probe(np.concatenate([train_x, pool_x]), np.concatenate([train_y, pseudo]), val_x, val_y, classes,
                            context.recipe.linear, seed, np.concatenate([np.ones(len(train_x)), weight]))
