@@ -54,6 +54,19 @@ def pool_npz(per_class: int, seed: int, size: Optional[int], folder: Path, sourc
     return out
 
 
+def add_result_options(parser: Any, name: str) -> None:
+    """``--out`` (bench/results/NAME.json) and ``--table`` (print the saved results' table and stop), as every bench has."""
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / f"{name}.json"))
+    parser.add_argument("--table", action="store_true", help="only print the table of the results saved in --out")
+
+
+def printed_table(args: Any, printer: Callable[[dict], None]) -> bool:
+    """With ``--table``: print the table of the results saved in ``--out`` and return True (the bench then stops)."""
+    if args.table:
+        printer(json.loads(Path(args.out).read_text()))
+    return bool(args.table)
+
+
 def mean_std(values: list[float]) -> str:
     if not values:
         return "-"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import EPOCHS_AS_GIVEN, MOBILENET, SHARED, mean_std, require_shared, save
+from common import EPOCHS_AS_GIVEN, MOBILENET, SHARED, add_result_options, mean_std, printed_table, require_shared, save
 
 RESULTS = Path(__file__).parent / "results"
 ROWS = {"fine-tune": ("finetune", []), "DA": ("grow-depth", []), "DA, norm": ("grow-depth", ["grow.normalize=true"]),
@@ -135,11 +135,9 @@ def main() -> None:
     parser.add_argument("--seeds-b", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--norm-scenario", default="all", help="scenario of the with/without normalisation rows (Table 3)")
     parser.add_argument("--only", choices=["source", "a", "b", "continual"], nargs="+", default=["source", "a", "b", "continual"])
-    parser.add_argument("--out", default=str(RESULTS / "grow.json"))
-    parser.add_argument("--table", action="store_true")
+    add_result_options(parser, "grow")
     args = parser.parse_args()
-    if args.table:
-        print_tables(json.loads(Path(args.out).read_text()))
+    if printed_table(args, print_tables):
         return
     require_shared()
     work = Path(args.work)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import EPOCHS_AS_GIVEN, MOBILENET, SHARED, mean_std, require_shared, save
+from common import EPOCHS_AS_GIVEN, MOBILENET, SHARED, add_result_options, mean_std, printed_table, require_shared, save
 
 REGIMES = {"large": (0.5, 0.8), "small": (0.15, 0.3)}
 METHODS = {  # name -> (route, overrides)
@@ -93,11 +93,9 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=512, help="FCa units (paper: 2048)")
     parser.add_argument("--stages", default="new:4,all:12", help="whole-image finetune stages (a few hundred images: 4 steps an epoch)")
     parser.add_argument("--work", default="/tmp/graft-oquab", help="scenes and feature cache (kept, so a bench can resume)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "oquab.json"))
-    parser.add_argument("--table", action="store_true", help="only print the table of the results saved in --out")
+    add_result_options(parser, "oquab")
     args = parser.parse_args()
-    if args.table:
-        print_table(json.loads(Path(args.out).read_text()))
+    if printed_table(args, print_table):
         return
     require_shared()
     import graft

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import EPOCHS_AS_GIVEN, MOBILENET, SHARED, mean_std, pool_npz, require_shared, save, subset_npz
+from common import EPOCHS_AS_GIVEN, MOBILENET, SHARED, add_result_options, mean_std, pool_npz, printed_table, require_shared, save, subset_npz
 
 ROWS = ["teacher", "pseudo", "consistency", "student", "distill"]
 LABELS = {"teacher": "(a) MobileNetV2 lpft, labels only", "pseudo": "(b) (a) + pseudo-labels",
@@ -46,12 +46,10 @@ def main() -> None:
     parser.add_argument("--student", default="graft_convnet_s", help="94k parameters, about 21 MFLOPs at 32 px")
     parser.add_argument("--student-size", type=int, default=32)
     parser.add_argument("--student-stages", default="all:15")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "semi.json"))
-    parser.add_argument("--table", action="store_true", help="only print the table of the results saved in --out")
+    add_result_options(parser, "semi")
     parser.add_argument("--clean", action="store_true", help="delete the run directories at the end")
     args = parser.parse_args()
-    if args.table:
-        print_table(json.loads(Path(args.out).read_text()))
+    if printed_table(args, print_table):
         return
     require_shared()
     import graft

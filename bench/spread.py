@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import MOBILENET, SHARED, add_row, mean_std, require_shared, subset_npz
+from common import MOBILENET, SHARED, add_result_options, add_row, mean_std, printed_table, require_shared, subset_npz
 
 ROWS = {"linear": "linear probe, labels only", "spread": "spread, labels + pool"}
 TASKS = ["cifar10-10", "cifar10-100"]
@@ -36,11 +36,9 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--image-size", type=int, default=96)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "spread.json"))
-    parser.add_argument("--table", action="store_true", help="only print the table of the results saved in --out")
+    add_result_options(parser, "spread")
     args = parser.parse_args()
-    if args.table:
-        print_table(json.loads(Path(args.out).read_text()))
+    if printed_table(args, print_table):
         return
     require_shared()
     import graft

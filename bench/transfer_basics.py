@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import MOBILENET, SHARED, add_row, current, head_init_of, mean_std, min_steps_of, require_shared, save, subset_npz
+from common import MOBILENET, SHARED, add_result_options, add_row, current, head_init_of, mean_std, min_steps_of, printed_table, require_shared, save, subset_npz
 
 ROUTES = ["scratch", "linear", "finetune", "lpft"]
 TASKS = ["cifar10-10", "cifar10-100", "cifar10-1000", "pneumonia"]
@@ -44,12 +44,10 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--stages", default="new:1,all:9", help="stages for the small tasks (graft's default)")
     parser.add_argument("--stages-large", default="new:1,all:4", help="stages for cifar10-1000 and pneumonia (fewer epochs: CPU time)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "transfer_basics.json"))
-    parser.add_argument("--table", action="store_true", help="only print the table of the results saved in --out")
+    add_result_options(parser, "transfer_basics")
     parser.add_argument("--cache-check", action="store_true", help="time the cached second linear run again (done once by default)")
     args = parser.parse_args()
-    if args.table:
-        print_table(json.loads(Path(args.out).read_text()))
+    if printed_table(args, print_table):
         return
     require_shared()
     import graft
