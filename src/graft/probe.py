@@ -32,8 +32,12 @@ class ProbeResult:
     scores: dict[float, float] = field(default_factory=dict)
     selection: str = "validation"
 
-    def head_tensors(self) -> dict[str, torch.Tensor]:
-        return {"weight": torch.from_numpy(self.weight).float(), "bias": torch.from_numpy(self.bias).float()}
+    def copy_into(self, model: torch.nn.Module) -> None:
+        """Make this probe ``model``'s classifier (its ``get_classifier()`` Linear layer)."""
+        with torch.no_grad():
+            head = model.get_classifier()
+            head.weight.copy_(torch.from_numpy(self.weight))
+            head.bias.copy_(torch.from_numpy(self.bias))
 
 
 def _fit(features: np.ndarray, labels: np.ndarray, c: float, config: LinearConfig, seed: int,

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 from torch import nn
 
 from graft.backbones import weights_hash
@@ -29,10 +28,7 @@ def probe_model(context: Context, model: nn.Module, pool_validation: bool) -> tu
     if pool_validation and val_x is not None:
         train_x, labels, val_x, val_y = np.concatenate([train_x, val_x]), np.concatenate([labels, val_y]), None, None
     probe = fit_probe(train_x, labels, val_x, val_y, context.num_classes, context.recipe.linear, context.recipe.runtime.seed)
-    with torch.no_grad():
-        head = model.get_classifier()
-        head.weight.copy_(torch.from_numpy(probe.weight))
-        head.bias.copy_(torch.from_numpy(probe.bias))
+    probe.copy_into(model)
     info = {"probe_c": probe.c, "probe_selection": probe.selection, "probe_scores": {str(c): round(s, 4) for c, s in probe.scores.items()},
             "probe_images": int(len(labels))}
     context.run.log(event="probe", **info)

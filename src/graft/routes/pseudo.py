@@ -25,7 +25,7 @@ from graft.routes.context import Context, RouteResult
 from graft.routes.linear import probe_model
 from graft.train.groups import Stage, parse_stages
 from graft.train.loop import LoopSetup, train_stages
-from graft.train.semi import ConsistencyStep, SemiStep, pseudo_weight, select_pseudo_labels
+from graft.train.semi import ConsistencyStep, SemiStep, Selection, pseudo_weight, select_pseudo_labels
 
 
 def require_unlabeled(context: Context) -> ImageSet:
@@ -70,7 +70,7 @@ def choose(probabilities: np.ndarray, config: PseudoConfig, classes: list[str], 
     return indices, labels, record
 
 
-def few_selected_reason(selection, config: PseudoConfig, pool: int) -> str:
+def few_selected_reason(selection: Selection, config: PseudoConfig, pool: int) -> str:
     """Why few pseudo-labels were chosen, and which setting to change."""
     head = f"only {len(selection.indices)} of {pool} unlabelled images were pseudo-labelled (under {FEW_SELECTED:.0%})"
     candidates = int(selection.candidates.sum())

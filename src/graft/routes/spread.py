@@ -17,7 +17,6 @@ import dataclasses
 from typing import Any, Optional
 
 import numpy as np
-import torch
 
 from graft.backbones import weights_hash
 from graft.data.unlabeled import hidden_labels
@@ -95,10 +94,7 @@ def spread(context: Context) -> RouteResult:
         c = fit_probe(np.concatenate([train_x, val_x]), seed_labels, None, None, classes, linear, seed).c
     probe = fit_probe(np.concatenate([train_x, val_x, pool_x]), np.concatenate([seed_labels, pseudo]), None, None, classes,
                       _one_c(linear, c), seed, np.concatenate([np.ones(labelled), weight]))
-    with torch.no_grad():
-        head = model.get_classifier()
-        head.weight.copy_(torch.from_numpy(probe.weight))
-        head.bias.copy_(torch.from_numpy(probe.bias))
+    probe.copy_into(model)
     info.update({"k": k, "alpha": alpha, "probe_c": c, "pseudo_per_class": np.bincount(pseudo, minlength=classes).tolist(),
                  "mean_certainty": round(float(certainty(spread_scores[labelled:]).mean()), 4) if len(pseudo) else None})
     audit = _audit(context, pool_rows, pseudo)
