@@ -136,3 +136,46 @@ def test_predict_leaves_out_and_names_a_file_that_does_not_decode(tmp_path, capl
     with pytest.raises(GraftError, match="cannot read image") as error:  # the only image named: nothing to predict
         graft.predict(run, [bad])
     assert str(error.value).startswith(str(bad)) and "\n" not in str(error.value)
+
+
+PATCHES = ["data.image_size=16", "patches.scales=2", "patches.max_windows=12", "adapt.hidden=16", "patches.epochs=3"]
+
+
+@pytest.mark.parametrize("mode", ["cached window features", "window crops"])
+def test_patches_run_completes_and_names_files_that_do_not_decode(tmp_path, mode):
+    """The patches route decodes each image in this process to cut its windows: a file that fails is skipped there too,
+    and the window rows of the others still point at their own images (evaluate agrees with the run)."""
+    finetune = mode == "window crops"
+    run, train_bad, test_bad = fit_with_truncated_files(tmp_path, "patches", *PATCHES, f"patches.finetune={str(finetune).lower()}",
+                                                        "train.stages=new:1,all:1")
+    assert run.meta["info"]["trained_on"] == mode
+    assert_named_and_counted(run, train_bad, test_bad)
+    assert graft.evaluate(run.path, tmp_path / "test").accuracy == pytest.approx(run.metrics["test_accuracy"])
+
+
+def test_exemplar_seed_patches_skip_a_file_that_does_not_decode(tmp_path):
+    """Exemplar-CNN draws its seed windows by decoding every image in this process: a file that fails is named, the
+    windows index the images that remain, and the pretraining completes."""
+    from graft.exemplar import sample_seed_patches
+    from graft.recipe import ExemplarConfig
+
+    bad = truncate(write_jpegs(tmp_path / "data", 12) / "class0" / "002.jpg")
+    images = load_images(tmp_path / "data")
+    seeds = sample_seed_patches(images, ExemplarConfig(classes=8, patch_size=16), seed=0)
+    assert len(images) == 11 and [file for file, _ in images.skipped] == [str(bad)]
+    for index, left, top, side in seeds.windows:  # each window lies inside the image it names, among those that remain
+        height, width = images.image(int(index)).shape[:2]
+        assert 0 <= index < 11 and left + side <= width and top + side <= height
+    run = graft.pretrain(tmp_path / "data", "exemplar", "exemplar-64c5-64c5-128f", out=tmp_path / "ex", quiet=True,
+                         overrides=["exemplar.classes=8", "exemplar.copies=4", "exemplar.val_copies=2", "exemplar.patch_size=16",
+                                    "train.stages=all:1", "data.batch_size=16", "model.channels_last=false"])
+    assert [entry["file"] for entry in run.meta["skipped_files"]] == [str(bad)] and run.meta["skipped_count"] == 1
+
+
+def test_unlabelled_files_that_do_not_decode_are_named_apart_in_model_json(tmp_path):
+    write_jpegs(tmp_path / "train", 32)
+    bad = truncate(write_jpegs(tmp_path / "pool", 16, seed=2) / "class1" / "007.jpg")
+    run = graft.fit(tmp_path / "train", route="spread", backbone="graft_convnet_s", out=tmp_path / "run", quiet=True,
+                    overrides=[*FAST, "model.pretrained=false", f"data.unlabeled={tmp_path / 'pool'}"])
+    assert [entry["file"] for entry in run.meta["unlabeled_skipped_files"]] == [str(bad)]
+    assert run.meta["skipped_count"] == 0  # the labelled splits' count: every labelled file decoded

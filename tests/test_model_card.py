@@ -47,5 +47,5 @@ def test_model_card_names_skipped_files(tmp_path):
                     overrides=[*FAST, "model.pretrained=false", "train.stages=all:1"])
     header = read_front_matter(run.path / "README.md")
     assert header["graft"]["base_model_weights"] == {"source": "random initialisation", "sha256": None}
-    assert "1 unreadable training files were skipped" in (run.path / "README.md").read_text()
+    assert "1 unreadable files were skipped across the splits" in (run.path / "README.md").read_text()
     assert np.isclose(header["model-index"][0]["results"][0]["metrics"][0]["value"], run.metrics["test_accuracy"])

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from graft.data.sources import ImageSet
+from graft.data.sources import ImageSet, positions_after_discard
 from graft.errors import GraftError
 from graft.recipe import ExemplarConfig
 
@@ -71,13 +71,14 @@ def _too_small(images: ImageSet, index: int, side: int, patch: int) -> GraftErro
 
 def sample_seed_patches(images: ImageSet, config: ExemplarConfig, seed: int) -> SeedPatches:
     """Draw ``config.classes`` seed windows, probability proportional to gradient energy, at most
-    ``patches_per_image`` from one image (without replacement, by Gumbel top-k over log-energies)."""
+    ``patches_per_image`` from one image (without replacement, by Gumbel top-k over log-energies). Images whose file
+    does not decode leave ``images`` (:meth:`ImageSet.discard` names them); the windows index the images that remain."""
     check_patch_source(images, config)
     rng = np.random.default_rng([seed, 7])
     patch = config.patch_size
     rows = []  # (image, left, top, side, energy)
-    for index in range(len(images)):
-        image = images.image(index)
+    unreadable: dict[int, str] = {}
+    for index, image in images.decoded(unreadable):
         short = min(image.shape[:2])
         if short < patch and not config.upscale_small:
             raise _too_small(images, index, short, patch)
@@ -87,6 +88,8 @@ def sample_seed_patches(images: ImageSet, config: ExemplarConfig, seed: int) -> 
         tops = (rng.random(len(sides)) * (image.shape[0] - sides + 1)).astype(int)
         sums = table[tops + sides, lefts + sides] - table[tops, lefts + sides] - table[tops + sides, lefts] + table[tops, lefts]
         rows.append(np.stack([np.full(len(sides), index), lefts, tops, sides, sums / (sides * sides)], 1))
+    if len(unreadable) == len(images):
+        images.discard(unreadable)  # none decodes: the error that names them
     candidates = np.concatenate(rows)
     keys = np.log(candidates[:, 4] + 1e-12) + rng.gumbel(size=len(candidates))
     taken, per_image = [], np.zeros(len(images), np.int64)
@@ -99,6 +102,8 @@ def sample_seed_patches(images: ImageSet, config: ExemplarConfig, seed: int) -> 
                 break
     chosen = candidates[np.array(taken)]
     contexts = _contexts(images, chosen[:, :4].astype(np.int64), patch)
+    images.discard(unreadable)
+    chosen[:, 0] = positions_after_discard(chosen[:, 0].astype(np.int64), unreadable)
     mean, axes = _pixel_pca(contexts[:, :, patch // 2: patch // 2 + patch, patch // 2: patch // 2 + patch])
     return SeedPatches(contexts, chosen[:, :4].astype(np.int64), chosen[:, 4], mean, axes)
 
@@ -108,7 +113,7 @@ def _contexts(images: ImageSet, windows: np.ndarray, patch: int) -> torch.Tensor
     out = torch.empty((len(windows), 3, 2 * patch, 2 * patch), dtype=torch.uint8)
     for index in np.unique(windows[:, 0]):
         members = np.flatnonzero(windows[:, 0] == index)
-        image = torch.from_numpy(np.ascontiguousarray(images.image(int(index)))).permute(2, 0, 1).float()[None]
+        image = torch.from_numpy(np.array(images.image(int(index)))).permute(2, 0, 1).float()[None]
         height, width = image.shape[-2:]
         left, top, side = (torch.from_numpy(windows[members, i]).float() for i in (1, 2, 3))
         theta = torch.zeros(len(members), 2, 3)  # output [-1, 1] -> the context square in normalised image coordinates

@@ -97,6 +97,7 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
     meta = {"backbone": base_backbone, "route": recipe.route, "classes": result.classes or train.classes, "preprocessing": pre.to_dict(),
             "metrics": metrics, "history": result.history, "info": result.info,
             "skipped_files": skipped, "skipped_count": len(skipped), "files_outside_data_folder": train.outside,
+            **({} if unlabeled is None else {"unlabeled_skipped_files": [{"file": f, "reason": r} for f, r in unlabeled.skipped]}),
             "recipe": recipe.to_dict(), "multilabel": train.multilabel}
     return life.finish_run(run, model, meta, evaluation, splits={"train": train, "val": val_set, "test": test_set},
                            experiment=experiment, test_logits=logits)

@@ -109,7 +109,7 @@ def body(meta: dict[str, Any], evaluation: Any, header: dict[str, Any], folder: 
               f"other class still gets one of these {len(meta['classes'])} labels."]
     limits = []
     if meta.get("skipped_files"):
-        limits.append(f"{len(meta['skipped_files'])} unreadable training files were skipped (listed in `model.json`).")
+        limits.append(f"{len(meta['skipped_files'])} unreadable files were skipped across the splits (listed in `model.json`).")
     for event in _schedule_events(folder):
         limits.append(f"The schedule was stretched x{event['stretch']} to stages `{event['stages']}` ({event['steps_per_epoch']} steps an epoch "
                       f"were fewer than `train.min_steps`): the training set is small.")

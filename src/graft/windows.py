@@ -22,7 +22,7 @@ from torchvision.ops import roi_align
 
 from graft.backbones import weights_hash
 from graft.console import Reporter
-from graft.data.sources import ImageSet
+from graft.data.sources import ImageSet, positions_after_discard
 from graft.data.transforms import Preprocessing, to_tensor
 from graft.features import cache_dir, pooled_features
 from graft.placement import Placement
@@ -129,18 +129,30 @@ def normalise(crops: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
     return (crops - torch.tensor(pre.mean)[:, None, None]) / torch.tensor(pre.std)[:, None, None]
 
 
-@torch.inference_mode()
 def extract_windows(model: nn.Module, images: ImageSet, pre: Preprocessing, config: PatchesConfig, batch_size: int = 256,
                     reporter: Optional[Reporter] = None, channels_last: bool = True, placement: Placement = Placement()) -> dict[str, np.ndarray]:
     """Frozen features of every window of every image: {"features" (W, D), "image" (W,), "labels" (W,), "windows" (W, 4)};
-    the model runs on ``placement``'s device under its precision (its device and mode are restored)."""
+    the model runs on ``placement``'s device under its precision (its device and mode are restored). Images whose file
+    does not decode leave ``images`` (:meth:`ImageSet.discard` names them) and "image" indexes the images that remain."""
+    result, unreadable = _window_rows(model, images, pre, config, batch_size, reporter, channels_last, placement)
+    images.discard(unreadable)
+    return result
+
+
+@torch.inference_mode()
+def _window_rows(model: nn.Module, images: ImageSet, pre: Preprocessing, config: PatchesConfig, batch_size: int,
+                 reporter: Optional[Reporter], channels_last: bool, placement: Placement) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+    """(windows of the images that decode, "image" already counting from the images that remain; {index: why} of the
+    others) for :func:`extract_windows`; ``images`` unchanged."""
     with placement.running(model) as device:
         return _extract_windows(model, images, pre, config, batch_size, reporter, channels_last, placement, device)
 
 
 def _extract_windows(model: nn.Module, images: ImageSet, pre: Preprocessing, config: PatchesConfig, batch_size: int,
-                     reporter: Optional[Reporter], channels_last: bool, placement: Placement, device: torch.device) -> dict[str, np.ndarray]:
+                     reporter: Optional[Reporter], channels_last: bool, placement: Placement, device: torch.device
+                     ) -> tuple[dict[str, np.ndarray], dict[int, str]]:
     features, owners, labels, boxes = [], [], [], []
+    unreadable: dict[int, str] = {}
     pending: list[torch.Tensor] = []
 
     def flush() -> None:
@@ -151,8 +163,7 @@ def _extract_windows(model: nn.Module, images: ImageSet, pre: Preprocessing, con
         features.append(pooled_features(model, batch).float().cpu().numpy())
         pending.clear()
 
-    for index in (reporter or Reporter(quiet=True)).track(range(len(images)), len(images), f"windows of {len(images)} images"):
-        image = images.image(index)
+    for index, image in (reporter or Reporter(quiet=True)).track(images.decoded(unreadable), len(images), f"windows of {len(images)} images"):
         windows = grid_windows(image.shape[1], image.shape[0], config)
         labels.append(label_windows(windows, image_boxes(images, index, image), len(images.classes), config.window_share, config.box_share))
         owners.append(np.full(len(windows), index, np.int64))
@@ -165,17 +176,19 @@ def _extract_windows(model: nn.Module, images: ImageSet, pre: Preprocessing, con
     if pending:
         flush()
     dim = getattr(model, "num_features", 0)
+    owner = np.concatenate(owners) if owners else np.zeros(0, np.int64)
     return {"features": np.concatenate(features) if features else np.zeros((0, dim), np.float32),
-            "image": np.concatenate(owners) if owners else np.zeros(0, np.int64),
+            "image": positions_after_discard(owner, unreadable),
             "labels": np.concatenate(labels) if labels else np.zeros(0, np.int64),
-            "windows": np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)}
+            "windows": np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)}, unreadable
 
 
 def cached_windows(model: nn.Module, images: ImageSet, pre: Preprocessing, config: PatchesConfig, batch_size: int = 256,
                    reporter: Optional[Reporter] = None, use_cache: bool = True, channels_last: bool = True,
                    placement: Placement = Placement()) -> tuple[dict[str, np.ndarray], bool]:
     """:func:`extract_windows` through the disk cache, keyed by weights, preprocessing, image set, boxes and window settings
-    (and the precision, when reduced)."""
+    (and the precision, when reduced). Images that do not decode leave ``images`` as in :func:`extract_windows`; the entry
+    keeps their indices and reasons, so a cached run names them too without opening a file."""
     if not use_cache:
         return extract_windows(model, images, pre, config, batch_size, reporter, channels_last, placement), False
     window_keys = {k: getattr(config, k) for k in ("scales", "max_lambda", "overlap", "max_windows", "window_share", "box_share")}
@@ -185,10 +198,14 @@ def cached_windows(model: nn.Module, images: ImageSet, pre: Preprocessing, confi
     path = cache_dir() / "windows" / f"{key}.npz"
     if path.exists():
         with np.load(path) as stored:
-            return {name: stored[name] for name in stored.files}, True
-    result = extract_windows(model, images, pre, config, batch_size, reporter, channels_last, placement)
+            result = {name: stored[name] for name in stored.files}
+        unreadable = dict(zip(result.pop("skipped_index", np.zeros(0, np.int64)).tolist(), result.pop("skipped_reason", np.zeros(0, str)).tolist()))
+        images.discard(unreadable)
+        return result, True
+    result, unreadable = _window_rows(model, images, pre, config, batch_size, reporter, channels_last, placement)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as handle:
-        np.savez(handle, **result)
+        np.savez(handle, **result, skipped_index=np.array(list(unreadable), np.int64), skipped_reason=np.array(list(unreadable.values()), str))
     os.replace(handle.name, path)
+    images.discard(unreadable)
     return result, False

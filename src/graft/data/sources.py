@@ -14,7 +14,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -96,6 +96,17 @@ class ImageSet:
         self.labels, self.paths, self.targets, self.boxes = kept.labels, kept.paths, kept.targets, kept.boxes
         self.skipped = [*self.skipped, *named]  # a new list: sets that shared the old one (subsets) still hold these images
 
+    def decoded(self, unreadable: dict[int, str]) -> Iterator[tuple[int, np.ndarray]]:
+        """(index, pixels) of each image that decodes, in order, for loops that decode in this process (windows,
+        seed patches); each file that does not goes into ``unreadable`` ({index: why}) for :meth:`discard` afterwards."""
+        for index in range(len(self)):
+            try:
+                yield index, self.image(index)
+            except GraftError as error:
+                if self.paths is None:
+                    raise
+                unreadable[index] = str(error).removeprefix(f"{self.paths[index]}: ")
+
     def fingerprint(self) -> str:
         """Content hash of the image list (pixels for arrays; path, size and mtime for files)."""
         digest = hashlib.sha256()
@@ -134,6 +145,11 @@ def read_image(path: Path) -> np.ndarray:
         raise GraftError(f"{path}: {bomb_reason(path)}") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as error:
         raise GraftError(f"{path}: {DECODE_FAILED} ({type(error).__name__}: {error}); replace or remove the file") from error
+
+
+def positions_after_discard(indices: np.ndarray, discarded: Iterable[int]) -> np.ndarray:
+    """Where images ``indices`` (none of them discarded) stand once :meth:`ImageSet.discard` took ``discarded`` out."""
+    return np.asarray(indices, np.int64) - np.searchsorted(np.sort(np.fromiter(discarded, np.int64)), indices)
 
 
 def decode_problem(path: Path) -> str:

@@ -60,15 +60,17 @@ def _windows(context: Context, model: nn.Module, images: ImageSet, cache: bool =
 
 def window_set(images: ImageSet, config: PatchesConfig, size: int, seed: int) -> ImageSet:
     """Labelled window crops (uint8, ``size`` px) as an image set of C+1 classes for fine-tuning: every object window
-    and, unless ``reweight='none'``, background windows drawn so that they make ``background_share`` of the set."""
+    and, unless ``reweight='none'``, background windows drawn so that they make ``background_share`` of the set.
+    Images whose file does not decode leave ``images`` (:meth:`ImageSet.discard` names them)."""
     crops, labels = [], []
-    for index in range(len(images)):
-        image = images.image(index)
+    unreadable: dict[int, str] = {}
+    for index, image in images.decoded(unreadable):
         windows = grid_windows(image.shape[1], image.shape[0], config)
         window_labels = label_windows(windows, image_boxes(images, index, image), len(images.classes), config.window_share, config.box_share)
         keep = window_labels != DROPPED
         crops.append((crop_windows(image, windows[keep], size) * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
         labels.append(window_labels[keep])
+    images.discard(unreadable)
     arrays, labels = np.concatenate(crops), np.concatenate(labels)
     background = len(images.classes)
     if config.reweight != "none":
