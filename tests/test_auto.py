@@ -41,7 +41,10 @@ def _auto(toy_npz, source_run, out, **keywords):
 
 def test_auto_chooses_without_reading_the_test_split(toy_npz, source_run, test_files, tmp_path):
     clean, corrupt = test_files
-    first = _auto(toy_npz, source_run, tmp_path / "clean", test=clean)
+    records = []
+    first = _auto(toy_npz, source_run, tmp_path / "clean", test=clean, callbacks=[records.append])
+    # the user's callbacks see every candidate's epochs, each record naming its candidate
+    assert [r["route"] for r in records if r.get("event") == "epoch"] == ["finetune"] * 3
     second = _auto(toy_npz, source_run, tmp_path / "corrupt", test=corrupt)
     # the choice, the ensemble attempt and every candidate's validation numbers are the same whatever the test labels say
     for key in ("winner", "ensemble", "tta"):
@@ -154,3 +157,27 @@ def test_greedy_selection_combines_complementary_models_and_keeps_a_dominant_one
     perfect = np.array([right if y == 0 else right[::-1] for y in labels])
     alone = greedy_selection([a, perfect, b], labels)
     assert alone.members == [1] and alone.weights[1] == 1.0
+
+
+def test_an_interrupted_auto_run_resumes_to_the_uninterrupted_result(toy_npz, source_run, test_files, tmp_path):
+    from safetensors.torch import load_file
+
+    from conftest import Interrupt
+    from graft.runs import partial_path
+
+    clean, _ = test_files
+    whole = _auto(toy_npz, source_run, tmp_path / "whole", test=clean, ensemble="never")
+    with pytest.raises(KeyboardInterrupt):  # at the second epoch of the finetune candidate (linear has no epochs)
+        _auto(toy_npz, source_run, tmp_path / "cut", test=clean, ensemble="never", callbacks=[Interrupt(2)])
+    cut = partial_path(tmp_path / "cut")
+    assert (cut / "candidates" / "linear" / "model.json").exists() and partial_path(cut / "candidates" / "finetune").exists()
+    with pytest.raises(GraftError, match="keeps its budget"):
+        graft.fit(resume=tmp_path / "cut", budget="1h")
+    records = []
+    resumed = graft.fit(resume=tmp_path / "cut", quiet=True, callbacks=[records.append])
+    assert [r["epoch"] for r in records if r.get("event") == "epoch"] == [2]  # only what was left: finetune's last epoch
+    board = lambda run: [(r["route"], r["status"], r["val_accuracy"], r["val_log_loss"]) for r in run.meta["auto"]["leaderboard"]]  # noqa: E731
+    assert board(resumed) == board(whole) and resumed.meta["auto"]["winner"] == whole.meta["auto"]["winner"]
+    assert resumed.metrics["test_accuracy"] == whole.metrics["test_accuracy"]
+    a, b = load_file(str(whole.path / "model.safetensors")), load_file(str(resumed.path / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

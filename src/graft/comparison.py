@@ -16,7 +16,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import timm
@@ -32,7 +32,7 @@ from graft.lifecycle import Lifecycle, resolve_recipe
 from graft.placement import Placement
 from graft.report import plot_route_curves, save_figure, table, write_html
 from graft.routes import get_route, route_names
-from graft.runs import partial_path
+from graft.runs import load_run, partial_path
 from graft.train.groups import parse_stages
 from graft.train.loop import stretch_factor, train_batch_size
 
@@ -208,9 +208,18 @@ class BudgetedRunner:
         self.measured: dict[str, float] = {}
 
     def run(self, route: str, seed: int, recipe: Any, target: Path, data: Any, val: Any, test: Any,
-            overrides: Sequence[str] = (), exempt: bool = False) -> tuple[Entry, Any]:
+            overrides: Sequence[str] = (), exempt: bool = False, callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
+            reuse: bool = False) -> tuple[Entry, Any]:
         """Fit ``route`` with ``recipe`` (+ ``overrides``) into ``target`` unless the budget forbids it (``exempt``: never
-        skipped or stopped); (the entry, the finished run or None)."""
+        skipped or stopped; ``callbacks`` get its epoch records as in :func:`graft.fit`); (the entry, the finished run or None).
+        ``reuse`` (a resumed route auto): a run already finished at ``target`` is taken as it is, an interrupted one resumed."""
+        if reuse and (target / "model.json").exists():
+            run = load_run(target)
+            seconds = float(run.metrics.get("seconds", 0.0))
+            self.measured[route] = seconds
+            self.reporter.print(f"{route} seed {seed}: finished before the interruption, taken from {target}")
+            return Entry(route, seed, "done", None, seconds, seconds, str(target), history=read_history(target)), run
+        resume = partial_path(target) if reuse and partial_path(target).exists() else None
         cheap = get_route(route).features_only
         estimate = self.measured.get(route) or estimate_seconds(route, recipe, self.sizes, self.speed) * self.correction.get(cheap, 1.0)
         elapsed = time.time() - self.started
@@ -222,7 +231,11 @@ class BudgetedRunner:
         watch = _BudgetWatch(self.started, None if exempt else self.limit)
         run_started = time.time()
         try:
-            run = fit(data, route=route, recipe=recipe, val=val, test=test, out=target, quiet=True, callbacks=[watch], overrides=overrides)
+            if resume is not None:  # its own recipe and split, saved when it started
+                run = fit(resume=resume, quiet=True, callbacks=[watch, *callbacks])
+            else:
+                run = fit(data, route=route, recipe=recipe, val=val, test=test, out=target, quiet=True, callbacks=[watch, *callbacks],
+                          overrides=overrides)
         except (BudgetStop, GraftError) as stop:  # a route that cannot run on this data fails alone; the others go on
             shutil.rmtree(partial_path(target), ignore_errors=True)
             status = "stopped" if isinstance(stop, BudgetStop) else "failed"

@@ -36,10 +36,11 @@ from graft.inference import resolve_tta, run_probabilities, run_scores
 from graft.lifecycle import Lifecycle, as_path, resolve_recipe
 from graft.recipe import Recipe
 from graft.routes import get_route
-from graft.run_files import absolute_paths
+from graft.run_files import absolute_paths, resume_recipe
 from graft.runs import Run, RunDirectory
 
 AUTO = "auto"
+SETTINGS = "auto_settings.json"  # what a resumed auto run must keep: its budget and the fit_auto keywords
 PROBE = "linear"  # always fitted, whatever the budget: the floor auto returns when nothing else fits in it
 
 
@@ -57,11 +58,12 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
     if resume is not None:
         _, saved = RunDirectory.reopen(resume)
         if saved.route == AUTO:
-            raise GraftError(f"{resume}: an interrupted route auto cannot be resumed (its finished candidates are in "
-                             f"{Path(resume)}/candidates); run `graft fit ... --route auto` again with another --out")
+            if budget is not None or auto:
+                raise GraftError(f"--resume {resume}: a resumed route auto keeps its budget and settings; leave them out")
+            return fit_auto(resume=resume, overrides=overrides, quiet=quiet, callbacks=callbacks)
     elif (route if route is not None else recipe.route if recipe is not None else None) == AUTO:
         return fit_auto(data, backbone, weights, val=val, test=test, out=out, recipe=recipe, overrides=overrides, quiet=quiet,
-                        budget=budget, **auto)
+                        budget=budget, callbacks=callbacks, **auto)
     if budget is not None or auto:
         given = "--budget" if budget is not None else ", ".join(auto)
         raise GraftError(f"{given} applies to --route auto (and `graft compare`); leave it out for route {route or 'the recipe route'}")
@@ -72,20 +74,28 @@ def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] =
 def fit_auto(data: Any = None, backbone: Optional[str] = None, weights: Optional[str] = None, *, val: Any = None, test: Any = None,
              out: Optional[str | Path] = None, recipe: Optional[Recipe] = None, overrides: Sequence[str] = (), quiet: bool = False,
              budget: Optional[str | float] = None, routes: Optional[Sequence[str]] = None, ensemble: str = "auto",
-             tta: str = "auto") -> Run:
+             tta: str = "auto", callbacks: Sequence[Callable[[dict[str, Any]], None]] = (), resume: Optional[str | Path] = None) -> Run:
     """Route auto on ``data``: the winner's run (see the module docstring).
 
     ``routes``: the candidates (default: the cached-feature routes, then advise's ranking); the probe always runs.
     ``ensemble``: auto (when it wins on validation), never, or always (equal weights on every finished candidate: for tests
-    and studies). ``tta``: auto (flip when it wins on validation), none or flip.
+    and studies). ``tta``: auto (flip when it wins on validation), none or flip. ``callbacks`` get every candidate's
+    epoch records (each with its ``route``), as in :func:`graft.fit`. ``resume``: an interrupted auto run, continued with its
+    own recipe, budget and settings: finished candidates are taken as they are, an interrupted one resumes from its
+    checkpoint, and the budget counts the time the earlier processes spent.
     """
+    if resume is not None:
+        reopened, saved = RunDirectory.reopen(resume)
+        base = resume_recipe(saved, list(overrides), Path(resume)).override(["runtime.quiet=true"] * quiet)
+        settings = json.loads((reopened.work / SETTINGS).read_text()) if (reopened.work / SETTINGS).exists() else {}
+        limit, routes, ensemble, tta = (settings.get(k) for k in ("budget_seconds", "routes", "ensemble", "tta"))
+    else:
+        limit = parse_budget(budget)
+        base = resolve_recipe(recipe, overrides, route=AUTO, **{"model.backbone": backbone, "model.weights": weights,
+                              "data.train": as_path(data), "data.val": as_path(val), "data.test": as_path(test),
+                              "runtime.out": None if out is None else str(out), "runtime.quiet": quiet or None})
     if ensemble not in ("auto", "never", "always") or tta not in ("auto", "none", "flip"):
         raise GraftError(f"ensemble={ensemble!r}, tta={tta!r}: choose ensemble auto, never or always and tta auto, none or flip")
-    limit = parse_budget(budget)
-    started = time.time()
-    base = resolve_recipe(recipe, overrides, route=AUTO, **{"model.backbone": backbone, "model.weights": weights,
-                          "data.train": as_path(data), "data.val": as_path(val), "data.test": as_path(test),
-                          "runtime.out": None if out is None else str(out), "runtime.quiet": quiet or None})
     if base.runtime.devices != "1":
         raise GraftError(f"--devices {base.runtime.devices}: route auto fits its candidates one after another on one device; "
                          "leave out --devices (or fit one route on several devices)")
@@ -104,7 +114,11 @@ def fit_auto(data: Any = None, backbone: Optional[str] = None, weights: Optional
     order = order_routes([PROBE, *order]) if PROBE not in order else order
     reporter.print(f"route auto: {advice.size} + {advice.similarity} ({advice.measured}); candidates in order: {', '.join(order)}"
                    + (f"; budget {limit:.0f} s" if limit else ""))
-    run, _, _ = life.open_run(None, data={"train": train, "val": val_set, "test": test_set})
+    run, _, _ = life.open_run(resume, data={"train": train, "val": val_set, "test": test_set})
+    started = life.started  # a resumed run: less the seconds its earlier processes spent (the budget counts them)
+    if resume is None:
+        run.write_json(SETTINGS, {"budget_seconds": limit, "routes": list(routes) if routes else None, "ensemble": ensemble, "tta": tta})
+    run.log(event="auto", order=order, budget_seconds=limit)
     # candidates get the same train and val images and no test images (a given --test file is not passed on at all)
     held_out = ["data.test=null", "data.test_fraction=0"] if base.data.test else ["data.hold_out_test=true"]
     candidate_recipe = base.override([*held_out, "linear.pool_validation=false"])
@@ -113,8 +127,13 @@ def fit_auto(data: Any = None, backbone: Optional[str] = None, weights: Optional
     library: dict[str, tuple[Run, np.ndarray]] = {}
     rows = []
     for name in order:
-        entry, candidate = runner.run(name, base.runtime.seed, candidate_recipe, run.work / "candidates" / name, data, val, None,
-                                      exempt=name == PROBE)
+        try:
+            entry, candidate = runner.run(name, base.runtime.seed, candidate_recipe, run.work / "candidates" / name,
+                                          data if resume is None else base.data.train, val if resume is None else base.data.val, None, exempt=name == PROBE, callbacks=[_tagged(c, name) for c in callbacks],
+                                          reuse=resume is not None)
+        except KeyboardInterrupt:
+            life.interrupted(run, "graft fit")
+            raise
         row = {"route": name, "status": entry.status, "val_accuracy": None, "val_log_loss": None, "seconds": entry.seconds,
                "estimated_seconds": round(entry.estimate, 1), "run": f"candidates/{name}" if candidate is not None else None,
                "reason": entry.reason}
@@ -125,6 +144,7 @@ def fit_auto(data: Any = None, backbone: Optional[str] = None, weights: Optional
             row["val_accuracy"], row["val_log_loss"] = accuracy_and_log_loss(probabilities, val_set.labels)
             reporter.print(f"{name}: validation accuracy {100 * row['val_accuracy']:.1f}% in {entry.seconds:.0f} s")
         rows.append(row)
+        run.log(event="candidate", **{k: row[k] for k in ("route", "status", "val_accuracy", "seconds")})
     if not library:
         raise GraftError("route auto: no candidate finished (" + "; ".join(f"{r['route']} {r['status']}: {r['reason']}" for r in rows)
                          + "); give a larger --budget or check the data")
@@ -148,6 +168,11 @@ def fit_auto(data: Any = None, backbone: Optional[str] = None, weights: Optional
                     "selected_on": f"validation split ({len(val_set)} images); test split read once, by the winner"}
     reporter.print(f"route auto: {why}")
     return life.finish_run(run, model, meta, evaluation, splits={"train": train, "val": val_set, "test": test_set}, test_logits=logits)
+
+
+def _tagged(callback: Callable[[dict[str, Any]], None], route: str) -> Callable[[dict[str, Any]], None]:
+    """``callback`` of a candidate's epoch records, each told which candidate it is of."""
+    return lambda record: callback({**record, "route": route})
 
 
 def _measuring_overrides(recipe: Recipe) -> list[str]:
