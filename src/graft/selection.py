@@ -3,7 +3,8 @@
 1. Measure the training split as `graft advise` does (size, closeness to the backbone's source).
 2. Fit candidates on the run's own train/val split, none of them given a test split (``data.hold_out_test``):
    the probe (``linear``, always run, with validation held out of its fit: ``linear.pool_validation=false``, so its
-   validation accuracy is honest), the other cached-feature routes, then the gradient routes in advise's order,
+   validation accuracy is honest), the other cached-feature routes, then the gradient routes in advise's order
+   followed by ``lpft`` and ``finetune`` when advise left them out,
    skipped or stopped by the budget as in `graft compare` (:class:`graft.comparison.BudgetedRunner`).
    They live in ``RUN/candidates/<route>``.
 3. Score every finished candidate's validation probabilities; the winner is the best validation accuracy (ties: the
@@ -42,6 +43,9 @@ from graft.runs import Run, RunDirectory
 AUTO = "auto"
 SETTINGS = "auto_settings.json"  # what a resumed auto run must keep: its budget and the fit_auto keywords
 PROBE = "linear"  # always fitted, whatever the budget: the floor auto returns when nothing else fits in it
+# tried after advise's ranking when it leaves them out (e.g. finetune for few labels), while the budget lasts: measured
+# on CIFAR-10 with 100 labels/class, finetune beats advise's picks (bench/results/transfer_basics.json)
+TRANSFER = ("lpft", "finetune")
 
 
 def fit(data: Any = None, route: Optional[str] = None, backbone: Optional[str] = None, weights: Optional[str] = None, *,
@@ -110,7 +114,7 @@ def fit_auto(data: Any = None, backbone: Optional[str] = None, weights: Optional
                          "--val-fraction above 0")
     advice = advise(train, base.model.backbone, base.model.weights, val=val_set, seed=base.runtime.seed,
                     overrides=_measuring_overrides(base), quiet=True)
-    order = order_routes(list(routes) if routes else [*[r for r in default_routes() if get_route(r).features_only], *advice.routes])
+    order = order_routes(list(routes) if routes else [*[r for r in default_routes() if get_route(r).features_only], *advice.routes, *TRANSFER])
     order = order_routes([PROBE, *order]) if PROBE not in order else order
     reporter.print(f"route auto: {advice.size} + {advice.similarity} ({advice.measured}); candidates in order: {', '.join(order)}"
                    + (f"; budget {limit:.0f} s" if limit else ""))
