@@ -88,9 +88,9 @@ def sample_seed_patches(images: ImageSet, config: ExemplarConfig, seed: int) -> 
         tops = (rng.random(len(sides)) * (image.shape[0] - sides + 1)).astype(int)
         sums = table[tops + sides, lefts + sides] - table[tops, lefts + sides] - table[tops + sides, lefts] + table[tops, lefts]
         rows.append(np.stack([np.full(len(sides), index), lefts, tops, sides, sums / (sides * sides)], 1))
-    if len(unreadable) == len(images):
-        images.discard(unreadable)  # none decodes: the error that names them
+    images.discard(unreadable)  # from here on, indices count the images that remain (none left: the error naming them)
     candidates = np.concatenate(rows)
+    candidates[:, 0] = positions_after_discard(candidates[:, 0].astype(np.int64), unreadable)
     keys = np.log(candidates[:, 4] + 1e-12) + rng.gumbel(size=len(candidates))
     taken, per_image = [], np.zeros(len(images), np.int64)
     for row in np.argsort(-keys):
@@ -102,8 +102,6 @@ def sample_seed_patches(images: ImageSet, config: ExemplarConfig, seed: int) -> 
                 break
     chosen = candidates[np.array(taken)]
     contexts = _contexts(images, chosen[:, :4].astype(np.int64), patch)
-    images.discard(unreadable)
-    chosen[:, 0] = positions_after_discard(chosen[:, 0].astype(np.int64), unreadable)
     mean, axes = _pixel_pca(contexts[:, :, patch // 2: patch // 2 + patch, patch // 2: patch // 2 + patch])
     return SeedPatches(contexts, chosen[:, :4].astype(np.int64), chosen[:, 4], mean, axes)
 

@@ -91,8 +91,11 @@ def fit_auto(data: Any = None, backbone: Optional[str] = None, weights: Optional
     if resume is not None:
         reopened, saved = RunDirectory.reopen(resume)
         base = resume_recipe(saved, list(overrides), Path(resume)).override(["runtime.quiet=true"] * quiet)
-        settings = json.loads((reopened.work / SETTINGS).read_text()) if (reopened.work / SETTINGS).exists() else {}
-        limit, routes, ensemble, tta = (settings.get(k) for k in ("budget_seconds", "routes", "ensemble", "tta"))
+        if not (reopened.work / SETTINGS).exists():
+            raise GraftError(f"--resume {resume}: this auto run has no {SETTINGS} (it was started by an older graft); "
+                             "run `graft fit ... --route auto` again with another --out")
+        settings = json.loads((reopened.work / SETTINGS).read_text())
+        limit, routes, ensemble, tta = (settings[k] for k in ("budget_seconds", "routes", "ensemble", "tta"))
     else:
         limit = parse_budget(budget)
         base = resolve_recipe(recipe, overrides, route=AUTO, **{"model.backbone": backbone, "model.weights": weights,
@@ -130,10 +133,12 @@ def fit_auto(data: Any = None, backbone: Optional[str] = None, weights: Optional
     runner = BudgetedRunner(started, limit, {"train": len(train), "val": len(val_set), "test": 0}, speed, reporter)
     library: dict[str, tuple[Run, np.ndarray]] = {}
     rows = []
+    # a resumed run has only its recipe's paths (a set given in memory was recorded by its origin)
+    given_train, given_val = (data, val) if resume is None else (base.data.train, base.data.val)
     for name in order:
         try:
-            entry, candidate = runner.run(name, base.runtime.seed, candidate_recipe, run.work / "candidates" / name,
-                                          data if resume is None else base.data.train, val if resume is None else base.data.val, None, exempt=name == PROBE, callbacks=[_tagged(c, name) for c in callbacks],
+            entry, candidate = runner.run(name, base.runtime.seed, candidate_recipe, run.work / "candidates" / name, given_train, given_val,
+                                          None, exempt=name == PROBE, callbacks=[_tagged(c, name) for c in callbacks],
                                           reuse=resume is not None)
         except KeyboardInterrupt:
             life.interrupted(run, "graft fit")

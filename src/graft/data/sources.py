@@ -105,7 +105,7 @@ class ImageSet:
             except GraftError as error:
                 if self.paths is None:
                     raise
-                unreadable[index] = str(error).removeprefix(f"{self.paths[index]}: ")
+                unreadable[index] = _reason(error, self.paths[index])
 
     def fingerprint(self) -> str:
         """Content hash of the image list (pixels for arrays; path, size and mtime for files)."""
@@ -157,8 +157,13 @@ def decode_problem(path: Path) -> str:
     try:
         read_image(Path(path))
     except GraftError as error:
-        return str(error).removeprefix(f"{path}: ")
+        return _reason(error, path)
     return f"{DECODE_FAILED} in a loader worker, though it decodes now (changed since?)"
+
+
+def _reason(error: GraftError, path: Path) -> str:
+    """The why of :func:`read_image`'s error, without the file name it starts with."""
+    return str(error).removeprefix(f"{path}: ")
 
 
 @contextlib.contextmanager
