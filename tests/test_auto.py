@@ -181,3 +181,50 @@ def test_an_interrupted_auto_run_resumes_to_the_uninterrupted_result(toy_npz, so
     assert resumed.metrics["test_accuracy"] == whole.metrics["test_accuracy"]
     a, b = load_file(str(whole.path / "model.safetensors")), load_file(str(resumed.path / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _complementary(labels, classes=3):
+    """Two models' probabilities: each confidently right on one half of ``labels`` and mildly wrong on the other, so
+    that their mean is right everywhere (an ensemble that wins on validation)."""
+    def model(confident):
+        p = np.zeros((len(labels), classes))
+        for i, y in enumerate(labels):
+            p[i] = 0.1 if confident[i] else 0.0
+            p[i, y], p[i, (y + 1) % classes] = (0.8, 0.1) if confident[i] else (0.4, 0.6)
+        return p
+    first = np.arange(len(labels)) < len(labels) // 2
+    return model(first), model(~first)
+
+
+def test_the_ensemble_and_flips_are_used_only_when_their_test_scoring_fits_in_the_budget_left(toy_npz, source_run, test_files,
+                                                                                               tmp_path):
+    import time
+
+    from graft.placement import Placement
+    from graft.recipe import Recipe
+    from graft.runs import partial_path
+    from graft.selection import _choose, _choose_tta, _ScoringClock
+
+    clean, _ = test_files
+    auto = _auto(toy_npz, source_run, tmp_path / "auto", test=clean, ensemble="never", tta="none")
+    assert auto.meta["auto"]["reserved_seconds"] > 0  # kept out of the candidates' budget for the result's scoring
+    runs = {name: graft.load_run(auto.path / "candidates" / name) for name in ("linear", "finetune")}
+    val = load_images(clean)
+    a, b = _complementary(val.labels)
+    library = {"linear": (runs["linear"], a), "finetune": (runs["finetune"], b)}
+    best = {"route": "linear", "val_accuracy": float((a.argmax(1) == val.labels).mean())}
+    rates = {"linear": 1e-3, "finetune": 1e-3}  # seconds per image: 10,000 test images cost 10 s a member and pass
+    final = tmp_path / "final"
+    partial_path(final).mkdir()
+    now = time.time()
+    roomy, spent = _ScoringClock(now, 3600.0, rates, len(val), 10_000), _ScoringClock(now - 100, 105.0, rates, len(val), 10_000)
+    _, meta, accuracy, _, combined = _choose(library, best, val, "auto", Recipe(), final, roomy)
+    assert meta["route"] == "ensemble" and combined["used"] and accuracy == 1.0 > best["val_accuracy"]
+    # 5 s left: the ensemble wins on validation but its 20 s of test scoring do not fit, so the best single candidate is the result
+    _, meta, accuracy, why, combined = _choose(library, best, val, "auto", Recipe(), final, spent)
+    assert meta["route"] == "linear" and accuracy == best["val_accuracy"] and not combined["used"]
+    assert "budget" in combined["reason"] and "budget" in why
+    flips = {clock: _choose_tta(runs["finetune"], val, 0.5, "auto", Placement(), clock, ["finetune"]) for clock in (roomy, spent)}
+    assert "val_accuracy_flip" in flips[roomy] and flips[spent]["used"] == "none" and "not tried" in flips[spent]["reason"]
+    # asked for by name, flips are used whatever the budget says
+    assert "val_accuracy_flip" in _choose_tta(runs["finetune"], val, 0.5, "flip", Placement(), spent, ["finetune"])

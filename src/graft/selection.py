@@ -35,6 +35,7 @@ from graft.errors import GraftError
 from graft.evaluation import evaluate_logits
 from graft.inference import resolve_tta, run_probabilities, run_scores
 from graft.lifecycle import Lifecycle, as_path, resolve_recipe
+from graft.placement import Placement
 from graft.recipe import Recipe
 from graft.routes import get_route
 from graft.run_files import absolute_paths, resume_recipe
@@ -130,8 +131,11 @@ def fit_auto(data: Any = None, backbone: Optional[str] = None, weights: Optional
     held_out = ["data.test=null", "data.test_fraction=0"] if base.data.test else ["data.hold_out_test=true"]
     candidate_recipe = base.override([*held_out, "linear.pool_validation=false"])
     speed = measure_throughput(base, train, placement=life.placement)
-    runner = BudgetedRunner(started, limit, {"train": len(train), "val": len(val_set), "test": 0}, speed, reporter)
+    tested = len(test_set) if test_set is not None else 0
+    runner = BudgetedRunner(started, limit, {"train": len(train), "val": len(val_set), "test": 0}, speed, reporter,
+                            reserve=_reserve(speed.infer, len(val_set), tested))
     library: dict[str, tuple[Run, np.ndarray]] = {}
+    rates: dict[str, float] = {}  # seconds per image of each finished candidate's scoring, measured on validation
     rows = []
     # a resumed run has only its recipe's paths (a set given in memory was recorded by its origin)
     given_train, given_val = (data, val) if resume is None else (base.data.train, base.data.val)
@@ -148,7 +152,10 @@ def fit_auto(data: Any = None, backbone: Optional[str] = None, weights: Optional
                "reason": entry.reason}
         if candidate is not None:
             _check_same_split(candidate, train, val_set)
+            scoring = time.time()
             probabilities = run_probabilities(candidate, run_scores(candidate, val_set, placement=life.placement, tta="none"))
+            rates[name] = (time.time() - scoring) / len(val_set)
+            runner.reserve = max(runner.reserve, _reserve(rates[name], len(val_set), tested))
             library[name] = (candidate, probabilities)
             row["val_accuracy"], row["val_log_loss"] = accuracy_and_log_loss(probabilities, val_set.labels)
             reporter.print(f"{name}: validation accuracy {100 * row['val_accuracy']:.1f}% in {entry.seconds:.0f} s")
@@ -159,9 +166,11 @@ def fit_auto(data: Any = None, backbone: Optional[str] = None, weights: Optional
                          + "); give a larger --budget or check the data")
     done = sorted((r for r in rows if r["val_accuracy"] is not None), key=lambda r: (-r["val_accuracy"], r["val_log_loss"]))
     best = done[0]
-    model, meta, chosen_accuracy, why, combined = _choose(library, best, val_set, ensemble, base, run.path)
+    clock = _ScoringClock(started, limit, rates, len(val_set), tested)
+    model, meta, chosen_accuracy, why, combined = _choose(library, best, val_set, ensemble, base, run.path, clock)
     chosen = Run(run.path, model, meta)
-    tta_choice = _choose_tta(chosen, val_set, chosen_accuracy, tta, life)
+    members = [m["route"] for m in meta["ensemble"]["members"]] if meta["route"] == "ensemble" else [best["route"]]
+    tta_choice = _choose_tta(chosen, val_set, chosen_accuracy, tta, life.placement, clock, members)
     meta["tta"] = tta_choice["used"]
     if tta_choice["used"] == "flip":
         chosen_accuracy = tta_choice["val_accuracy_flip"]
@@ -173,10 +182,35 @@ def fit_auto(data: Any = None, backbone: Optional[str] = None, weights: Optional
     meta["metrics"] = {**{k: v for k, v in meta.get("metrics", {}).items() if not k.startswith("test_")},
                        "seconds": round(time.time() - started, 2), **metrics, "val_accuracy": chosen_accuracy}
     meta["auto"] = {"winner": meta["route"], "why": why, "leaderboard": rows, "measurements": advice.to_dict(), "order": order,
-                    "budget_seconds": limit, "ensemble": combined, "tta": tta_choice, "candidates": "candidates",
+                    "budget_seconds": limit, "reserved_seconds": round(runner.reserve, 3), "ensemble": combined, "tta": tta_choice,
+                    "candidates": "candidates",
                     "selected_on": f"validation split ({len(val_set)} images); test split read once, by the winner"}
     reporter.print(f"route auto: {why}")
     return life.finish_run(run, model, meta, evaluation, splits={"train": train, "val": val_set, "test": test_set}, test_logits=logits)
+
+
+def _reserve(rate: float, val: int, test: int) -> float:
+    """Seconds the candidates leave at the end of the budget: the result's flip check on validation and its flipped
+    test scoring, for one model scoring ``rate`` seconds per image (an ensemble or flips beyond it must fit in what is left)."""
+    return 2 * rate * (val + test)
+
+
+class _ScoringClock:
+    """What the result's last steps cost against what is left of the budget: scoring ``passes`` x the images of a split
+    with ``members`` costs the sum of their measured seconds per image (an ensemble runs every member)."""
+
+    def __init__(self, started: float, limit: Optional[float], rates: dict[str, float], val: int, test: int) -> None:
+        self.started, self.limit, self.rates, self.sizes = started, limit, rates, {"val": val, "test": test}
+
+    def cost(self, members: Sequence[str], **passes: int) -> float:
+        return sum(self.rates[m] for m in members) * sum(n * self.sizes[split] for split, n in passes.items())
+
+    def refusal(self, what: str, members: Sequence[str], **passes: int) -> Optional[str]:
+        """Why ``what`` does not fit in the budget left (None: it fits, or there is no budget)."""
+        if self.limit is None:
+            return None
+        cost, left = self.cost(members, **passes), self.limit - (time.time() - self.started)
+        return None if cost <= left else f"{what} would take about {cost:.0f} s and {max(left, 0):.0f} s of the budget are left"
 
 
 def _tagged(callback: Callable[[dict[str, Any]], None], route: str) -> Callable[[dict[str, Any]], None]:
@@ -200,8 +234,9 @@ def _check_same_split(candidate: Run, train: ImageSet, val: ImageSet) -> None:
 
 
 def _choose(library: dict[str, tuple[Run, np.ndarray]], best: dict[str, Any], val: ImageSet, ensemble: str, base: Recipe,
-            path: Path) -> tuple[Any, dict[str, Any], float, str, dict[str, Any]]:
-    """(model, meta, validation accuracy, why, the ensemble attempt) of the result: the best candidate, or an ensemble."""
+            path: Path, clock: _ScoringClock) -> tuple[Any, dict[str, Any], float, str, dict[str, Any]]:
+    """(model, meta, validation accuracy, why, the ensemble attempt) of the result: the best candidate, or an ensemble
+    (ensemble auto: only when scoring the test split with all its members fits in the budget left)."""
     winner, _ = library[best["route"]]
     # members must take one input: candidates whose preprocessing differs from the winner's are left out of the library
     names = [n for n, (r, _) in library.items() if same_preprocessing([r.meta["preprocessing"], winner.meta["preprocessing"]])]
@@ -216,7 +251,10 @@ def _choose(library: dict[str, tuple[Run, np.ndarray]], best: dict[str, Any], va
         combined = {"tried": True, "method": "greedy selection with replacement (Caruana et al. 2004)" if ensemble == "auto" else "equal weights",
                     "weights": members, "val_accuracy": accuracy, "val_log_loss": loss,
                     "gain_val": accuracy - best["val_accuracy"], "used": False}
-        if len(members) >= 2 and (ensemble == "always" or accuracy > best["val_accuracy"]):
+        late = None if ensemble == "always" or len(members) < 2 else clock.refusal("scoring the test split with the ensemble", members, test=1)
+        if late is not None and accuracy > best["val_accuracy"]:
+            combined["reason"] = f"not used: {late}"
+        elif len(members) >= 2 and (ensemble == "always" or accuracy > best["val_accuracy"]):
             combined["used"] = True
             chosen = [n for n in names if n in members]
             model = Ensemble([library[n][0].model for n in chosen], [members[n] for n in chosen])
@@ -230,7 +268,8 @@ def _choose(library: dict[str, tuple[Run, np.ndarray]], best: dict[str, Any], va
             return model, meta, accuracy, why, combined
     runner_up = [r for r in library if r != best["route"]]
     why = (f"{best['route']} has the best validation accuracy ({100 * best['val_accuracy']:.1f}%) of {len(library)} finished "
-           f"candidate(s)" + (f"; the ensemble did not beat it ({100 * combined['val_accuracy']:.1f}%)" if combined.get("tried") else "")
+           f"candidate(s)" + ("" if not combined.get("tried") else f"; the ensemble ({100 * combined['val_accuracy']:.1f}%) was "
+                                 + (combined["reason"] if "reason" in combined else "not better"))
            + ("" if runner_up else "; no other candidate finished"))
     meta = dict(winner.meta)
     values = Recipe.from_dict(meta["recipe"]).override([f"data.test={json.dumps(base.data.test)}", f"data.test_fraction={base.data.test_fraction}",
@@ -249,8 +288,10 @@ def _adopt_files(candidate: Path, final: Path, recipe: Recipe) -> None:
         handle.write("".join(line + "\n" for line in records.splitlines() if '"event": "done"' not in line))
 
 
-def _choose_tta(chosen: Run, val: ImageSet, plain: float, tta: str, life: Lifecycle) -> dict[str, Any]:
-    """Whether the result answers with flip averaging: kept (tta auto) only when it raises validation accuracy."""
+def _choose_tta(chosen: Run, val: ImageSet, plain: float, tta: str, placement: Placement, clock: _ScoringClock,
+                members: Sequence[str]) -> dict[str, Any]:
+    """Whether the result answers with flip averaging: kept (tta auto) only when it raises validation accuracy, and tried
+    only when the check on validation and a flipped test scoring fit in the budget left."""
     if tta == "none":
         return {"used": "none", "reason": "tta none was asked for"}
     try:
@@ -259,7 +300,11 @@ def _choose_tta(chosen: Run, val: ImageSet, plain: float, tta: str, life: Lifecy
         if tta == "flip":
             raise
         return {"used": "none", "reason": str(refused)}
-    scores = run_scores(chosen, val, placement=life.placement, tta="flip")
+    late = None if tta == "flip" else clock.refusal("flip TTA (its check on validation and the flipped test scoring)", members,
+                                                     val=2, test=2)
+    if late is not None:
+        return {"used": "none", "reason": f"not tried: {late}"}
+    scores = run_scores(chosen, val, placement=placement, tta="flip")
     flipped = float((scores.argmax(1) == val.labels).mean())
     used = "flip" if tta == "flip" or flipped > plain else "none"
     return {"used": used, "val_accuracy_plain": plain, "val_accuracy_flip": flipped,
