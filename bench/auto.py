@@ -48,9 +48,9 @@ def best_single(task: str, basics: dict[str, Any]) -> dict[str, Any]:
     return {"route": route, "test_accuracy": means[route], "seconds": seconds}
 
 
-def timed_reference(task: str, route: str, files: dict[str, str], size: int, stages: str, work: Path) -> float:
-    """Seconds of one plain ``graft fit --route ROUTE`` with the test split, from a feature cache of its own (it pays for its
-    own extraction, as a user's first run does)."""
+def timed_reference(task: str, route: str, files: dict[str, str], size: int, stages: str, work: Path, seed: int = 0) -> dict[str, float]:
+    """Seconds and test accuracy of one plain ``graft fit --route ROUTE`` with the test split, from a feature cache of its
+    own (it pays for its own extraction, as a user's first run does)."""
     import graft
 
     before = os.environ.get("GRAFT_CACHE")
@@ -58,20 +58,25 @@ def timed_reference(task: str, route: str, files: dict[str, str], size: int, sta
     try:
         started = time.time()
         run = graft.fit(files["data"], route=route, backbone="mobilenetv2_100", weights=str(MOBILENET), val=files.get("val"),
-                        test=files["test"], out=work / f"{task}-{route}-reference", quiet=True,
-                        overrides=[f"data.image_size={size}", "data.test_fraction=0", "runtime.seed=0", f"train.stages={stages}"])
+                        test=files["test"], out=work / f"{task}-{route}-reference-s{seed}", quiet=True,
+                        overrides=[f"data.image_size={size}", "data.test_fraction=0", f"runtime.seed={seed}", f"train.stages={stages}"])
         seconds = time.time() - started
     finally:
         os.environ["GRAFT_CACHE"] = before or ""
     shutil.rmtree(run.path, ignore_errors=True)
     shutil.rmtree(work / f"reference-cache-{task}", ignore_errors=True)
-    return round(seconds, 1)
+    return {"seconds": round(seconds, 1), "test_accuracy": run.metrics["test_accuracy"]}
 
 
 def timed_here(row: dict[str, Any]) -> bool:
     """Rows whose budget came from the reference timed by this bench (earlier rows took transfer_basics' seconds,
     measured under other machine load: dropped and redone)."""
     return "seconds_transfer_basics" in row["reference"] or row["task"] == "quick"
+
+
+def reserved(row: dict[str, Any]) -> bool:
+    """Rows of auto runs that kept a reserve for scoring their result (earlier ones could overrun the budget with it)."""
+    return "reserved_seconds" in row
 
 
 def quick_data(seed: int, folder: Path) -> dict[str, str]:
@@ -122,6 +127,8 @@ def main() -> None:
                                                              "into results/auto_quick.json: checks the script, not the method")
     parser.add_argument("--out", help="results file (default results/auto.json, or results/auto_quick.json with --quick)")
     parser.add_argument("--table", action="store_true", help="only print the table of the results saved in --out")
+    parser.add_argument("--paired", action="store_true", help="also fit the best single route on every seed, in the auto runs' "
+                                                               "conditions, for a paired comparison (results key 'paired')")
     args = parser.parse_args()
     out = Path(args.out) if args.out else RESULTS / ("auto_quick.json" if args.quick else "auto.json")
     if args.table:
@@ -132,7 +139,7 @@ def main() -> None:
 
     basics = json.loads((RESULTS / "transfer_basics.json").read_text())
     results = json.loads(out.read_text()) if out.exists() else {"runs": []}
-    done = {(r["task"], r["seed"]) for r in results["runs"] if timed_here(r)}
+    done = {(r["task"], r["seed"]) for r in results["runs"] if timed_here(r) and reserved(r)}
     work = Path(tempfile.mkdtemp(prefix="graft-bench-auto-"))
     os.environ.setdefault("GRAFT_CACHE", str(work / "cache"))
     tasks = ["quick"] if args.quick else args.tasks
@@ -144,7 +151,7 @@ def main() -> None:
             reference, size, stages = best_single(task, basics), args.image_size, stages_for(task, args)
             timing = results.get("reference_timing", {}).get(task)
             if timing is None or timing["route"] != reference["route"]:
-                seconds = timed_reference(task, reference["route"], task_data(task, 0, work), size, stages, work)
+                seconds = timed_reference(task, reference["route"], task_data(task, 0, work), size, stages, work)["seconds"]
                 timing = {"route": reference["route"], "seconds": seconds, "stages": stages, "image_size": size}
                 results.setdefault("reference_timing", {})[task] = timing
                 save(out, results)
@@ -153,6 +160,12 @@ def main() -> None:
             reference = {**reference, "seconds_transfer_basics": reference["seconds"], "seconds": timing["seconds"]}
         budget = round(BUDGET_FACTOR * reference["seconds"], 1)
         for seed in args.seeds[:1] if args.quick else args.seeds:
+            paired = results.setdefault("paired", {}).setdefault(task, {})
+            if args.paired and not args.quick and str(seed) not in paired:  # the best single route on this seed, here and now
+                paired[str(seed)] = {"route": reference["route"], **timed_reference(task, reference["route"], task_data(task, seed, work),
+                                                                                   size, stages, work, seed)}
+                save(out, results)
+                print(f"{task} seed {seed}: {reference['route']} alone {paired[str(seed)]}", flush=True)
             if (task, seed) in done:
                 continue
             files = quick_data(seed, work) if args.quick else task_data(task, seed, work)
@@ -167,8 +180,9 @@ def main() -> None:
                    "ensemble_gain_val": auto["ensemble"].get("gain_val"), "ensemble_used": auto["ensemble"].get("used", False),
                    "candidates": {r["route"]: {"status": r["status"], "val_accuracy": r["val_accuracy"], "seconds": r["seconds"]}
                                   for r in auto["leaderboard"]},
-                   "reference": reference, "stages": stages, "image_size": size, **ensemble_on_test(run, files["test"])}
-            results = add_row(out, row, timed_here, config={k: v for k, v in vars(args).items() if k not in ("table", "out")})
+                   "reference": reference, "stages": stages, "image_size": size, "reserved_seconds": auto["reserved_seconds"],
+                   **ensemble_on_test(run, files["test"])}
+            results = add_row(out, row, lambda r, key=(task, seed): timed_here(r) and (r["task"], r["seed"]) != key, config={k: v for k, v in vars(args).items() if k not in ("table", "out")})
             print({k: row[k] for k in ("task", "seed", "test_accuracy", "chosen", "ensemble_gain_val", "ensemble_gain_test", "seconds")},
                   flush=True)
             shutil.rmtree(run.path, ignore_errors=True)
@@ -177,20 +191,26 @@ def main() -> None:
 
 
 def print_table(results: dict[str, Any]) -> None:
-    rows = results["runs"]
-    print("route auto under 1.5x the best single route's mean time: test accuracy %, mean ± std over seeds\n")
-    print("| task | best single route: mean test %, seconds here | auto | auto ≥ best? | chosen | ensemble gain, val | "
-          "ensemble gain, test | auto seconds (budget) | seeds |\n|---|---|---|---|---|---|---|---|---|")
-    for task in dict.fromkeys(r["task"] for r in rows):
-        mine = [r for r in rows if r["task"] == task]
+    rows, paired = results["runs"], results.get("paired", {})
+    print("route auto under 1.5x the best single route's mean time: test accuracy %, mean ± std over seeds. 'alone, same seeds':\n"
+          "that route fitted here on the auto rows' seeds (--paired), and auto minus it per seed; 'reserve': the auto runs kept\n"
+          "time for scoring their result (rows without it could overrun the budget)\n")
+    print("| task | best single route: mean test %, seconds here | alone, same seeds | auto | auto ≥ best? | auto − alone, per seed | "
+          "chosen | ensemble gain, val | ensemble gain, test | auto seconds (budget) | reserve | seeds |\n|---|" + "---|" * 11)
+    for task, kept in dict.fromkeys((r["task"], reserved(r)) for r in rows):
+        mine = [r for r in rows if r["task"] == task and reserved(r) == kept]
         reference = mine[0]["reference"]
         accuracy = statistics.mean(r["test_accuracy"] for r in mine)
         chosen = ", ".join(f"{name} x{sum(r['chosen'] == name for r in mine)}" for name in dict.fromkeys(r["chosen"] for r in mine))
         gain = lambda key: mean_std([r[key] for r in mine if r[key] is not None])  # noqa: E731  (points, as %)
         verdict = "-" if reference["test_accuracy"] != reference["test_accuracy"] else ("yes" if accuracy >= reference["test_accuracy"] else "no")
         seconds = statistics.mean(r["seconds"] for r in mine)
-        print(f"| {task} | {reference['route']} {100 * reference['test_accuracy']:.1f}, {reference['seconds']:.0f} s | {mean_std([r['test_accuracy'] for r in mine])} | "
-              f"{verdict} | {chosen} | {gain('ensemble_gain_val')} | {gain('ensemble_gain_test')} | {seconds:.0f} ({mine[0]['budget_seconds']:.0f}) | "
+        alone = {r["seed"]: paired[task][str(r["seed"])] for r in mine if str(r["seed"]) in paired.get(task, {})}
+        same = "-" if not alone else f"{mean_std([a['test_accuracy'] for a in alone.values()])} ({len(alone)} seeds)"
+        differences = ", ".join(f"s{r['seed']} {100 * (r['test_accuracy'] - alone[r['seed']]['test_accuracy']):+.1f}" for r in mine if r["seed"] in alone) or "-"
+        print(f"| {task} | {reference['route']} {100 * reference['test_accuracy']:.1f}, {reference['seconds']:.0f} s | {same} | "
+              f"{mean_std([r['test_accuracy'] for r in mine])} | {verdict} | {differences} | {chosen} | {gain('ensemble_gain_val')} | "
+              f"{gain('ensemble_gain_test')} | {seconds:.0f} ({mine[0]['budget_seconds']:.0f}) | {'yes' if kept else 'no'} | "
               f"{','.join(str(r['seed']) for r in mine)} |")
 
 
