@@ -9,6 +9,7 @@ import graft
 from graft.advice import feature_shift
 from graft.comparison import BudgetStop, Entry, _BudgetWatch, leaderboard, parse_budget
 from graft.errors import GraftError
+from graft.report_data import read_records
 
 from chromium import needs_chromium, open_in_chromium
 from conftest import FAST
@@ -68,6 +69,43 @@ def test_the_runner_leaves_its_reserve_at_the_end_of_the_budget(toy_npz, source_
     entry, run = kept.run("finetune", 0, recipe, tmp_path / "b", toy_npz, None, None)
     assert entry.status == "skipped" and run is None and "3600 s more kept for scoring" in entry.reason
     assert not (tmp_path / "b").exists()
+
+
+def test_a_run_the_budget_stops_is_kept_with_its_best_epoch_only_when_asked(toy_npz, source_run, tmp_path):
+    import time
+
+    from graft.comparison import BudgetedRunner, Throughput
+    from graft.console import Reporter
+    from graft.recipe import Recipe
+
+    recipe = Recipe().override(["model.backbone=graft_convnet_s", f"model.weights={source_run.path}", *FAST, STAGES])
+    sizes, speed = {"train": 90, "val": 0, "test": 0}, Throughput(1e-7, 1e-7)  # starts, then the 10 ms budget ends after epoch 1
+    entries = {}
+    for keep in (True, False):
+        runner = BudgetedRunner(time.time(), 0.01, sizes, speed, Reporter(quiet=True), keep_stopped=keep)
+        entries[keep] = runner.run("finetune", 0, recipe, tmp_path / f"keep-{keep}", toy_npz, None, None)
+    (entry, run), (thrown, nothing) = entries[True], entries[False]
+    assert entry.status == thrown.status == "stopped" and "budget reached after epoch 1" in entry.reason
+    assert nothing is None and not (tmp_path / "keep-False").exists()  # graft compare's leaderboard compares whole runs
+    records = read_records(run.path / "metrics.jsonl")
+    epochs = [r for r in records if r.get("event") == "epoch"]
+    assert len(epochs) == 1 < 3 and [r["reason"] for r in records if r.get("event") == "halted"] == [entry.reason]
+    # the run is an ordinary finished one: the model it returns is its best epoch, and model.json says so
+    assert (run.path / "model.json").exists() and run.metrics["val_accuracy"] == pytest.approx(epochs[0]["val_accuracy"])
+    assert graft.evaluate(run.path, toy_npz).count == 90
+
+
+def test_a_callback_stops_training_with_graft_stop_training(toy_npz, source_run, tmp_path):
+    def after_two(record):
+        if record["epoch"] == 1 and record["stage_name"] == "all":
+            raise graft.StopTraining("enough")
+
+    seen = []
+    run = graft.fit(toy_npz, route="finetune", backbone="graft_convnet_s", weights=str(source_run.path), out=tmp_path / "run", quiet=True,
+                    overrides=[*FAST, STAGES], callbacks=[after_two, seen.append])
+    assert [(r["stage_name"], r["epoch"]) for r in seen] == [("new", 1), ("all", 1)]  # every callback saw the last epoch
+    assert [r["reason"] for r in read_records(run.path / "metrics.jsonl") if r.get("event") == "halted"] == ["enough"]
+    assert "test_accuracy" in run.metrics
 
 
 def test_budget_watch_stops_a_run_that_would_overrun():

@@ -11,7 +11,7 @@ from typing import Any
 from graft.version import __version__  # noqa: F401 - graft.__version__
 
 _API = {"fit", "grow", "evaluate", "predict", "export", "load_run", "Recipe", "Run", "GraftError", "demo", "pretrain", "evaluate_features",
-        "scenes", "analyze", "compare", "advise"}
+        "scenes", "analyze", "compare", "advise", "StopTraining"}
 
 
 def __getattr__(name: str) -> Any:  # lazy: `import graft` stays cheap and side-effect free

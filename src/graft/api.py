@@ -16,6 +16,7 @@ from graft.run_report import write_run_report
 from graft.runs import Run, load_run
 from graft.scene_builder import scenes
 from graft.selection import fit  # route auto, else graft.fitting.fit
+from graft.train.loop import StopTraining
 
 __all__ = ["fit", "grow", "evaluate", "predict", "export", "scenes", "analyze", "compare", "advise", "load_run", "Recipe", "Run", "GraftError",
-           "pretrain", "evaluate_features", "make_splits", "resolve_recipe", "run_scores", "select_task", "write_run_report"]
+           "pretrain", "evaluate_features", "make_splits", "resolve_recipe", "run_scores", "select_task", "write_run_report", "StopTraining"]

@@ -31,10 +31,11 @@ from graft.fitting import fit
 from graft.lifecycle import Lifecycle, resolve_recipe
 from graft.placement import Placement
 from graft.report import plot_route_curves, save_figure, table, write_html
+from graft.report_data import read_records
 from graft.routes import get_route, route_names
 from graft.runs import load_run, partial_path
 from graft.train.groups import parse_stages
-from graft.train.loop import stretch_factor, train_batch_size
+from graft.train.loop import StopTraining, stretch_factor, train_batch_size
 
 
 class BudgetStop(Exception):
@@ -201,11 +202,14 @@ class BudgetedRunner:
     time of the first run of its kind; a route that already ran is expected to take what it took); a run that would
     overrun is skipped, a running one is stopped at the end of the epoch that used the budget up (:class:`_BudgetWatch`).
     `graft compare` and route auto (:mod:`graft.selection`) share it. ``reserve``: seconds at the end of the budget that
-    no run may use (route auto keeps them for scoring its result on the test split)."""
+    no run may use (route auto keeps them for scoring its result on the test split). ``keep_stopped`` (route auto): a run
+    the budget stops ends with its best epoch so far (:class:`graft.train.loop.StopTraining`) and is returned, with status
+    "stopped"; otherwise (`graft compare`, whose leaderboard compares whole runs) it is thrown away."""
 
     def __init__(self, started: float, limit: Optional[float], sizes: dict[str, int], speed: Throughput, reporter: Reporter,
-                 reserve: float = 0.0) -> None:
+                 reserve: float = 0.0, keep_stopped: bool = False) -> None:
         self.started, self.limit, self.sizes, self.speed, self.reporter, self.reserve = started, limit, sizes, speed, reporter, reserve
+        self.keep_stopped = keep_stopped
         self.correction: dict[bool, float] = {}
         self.measured: dict[str, float] = {}
 
@@ -218,9 +222,11 @@ class BudgetedRunner:
         if reuse and (target / "model.json").exists():
             run = load_run(target)
             seconds = float(run.metrics.get("seconds", 0.0))
+            halted = [r["reason"] for r in read_records(target / "metrics.jsonl") if r.get("event") == "halted"]
             self.measured[route] = seconds
             self.reporter.print(f"{route} seed {seed}: finished before the interruption, taken from {target}")
-            return Entry(route, seed, "done", None, seconds, seconds, str(target), history=read_history(target)), run
+            return Entry(route, seed, "stopped" if halted else "done", None, seconds, seconds, str(target), reason="; ".join(halted),
+                         history=read_history(target)), run
         resume = partial_path(target) if reuse and partial_path(target).exists() else None
         cheap = get_route(route).features_only
         estimate = self.measured.get(route) or estimate_seconds(route, recipe, self.sizes, self.speed) * self.correction.get(cheap, 1.0)
@@ -232,7 +238,7 @@ class BudgetedRunner:
                           reason=f"estimated {estimate:.0f} s, {max(limit - elapsed, 0):.0f} s of the budget left{kept}")
             self.reporter.print(f"[yellow]skip[/] {route} seed {seed}: {entry.reason}")
             return entry, None
-        watch = _BudgetWatch(self.started, None if exempt else limit)
+        watch = _BudgetWatch(self.started, None if exempt else limit, halt=self.keep_stopped)
         run_started = time.time()
         try:
             if resume is not None:  # its own recipe and split, saved when it started
@@ -246,6 +252,10 @@ class BudgetedRunner:
             self.reporter.print(f"[yellow]{status}[/] {route} seed {seed}: {stop}")
             return Entry(route, seed, status, seconds=round(time.time() - run_started, 1), estimate=estimate, reason=str(stop)), None
         seconds = round(time.time() - run_started, 1)
+        if watch.reached is not None:  # kept with its best epoch so far; its time is no measure of a whole run
+            self.reporter.print(f"[yellow]stopped[/] {route} seed {seed}: {watch.reached}; kept with its best epoch so far")
+            return Entry(route, seed, "stopped", None, seconds, round(estimate, 1), str(run.path), watch.reached,
+                         history=read_history(run.path)), run
         if route not in self.measured:
             self.correction[cheap] = seconds / max(estimate_seconds(route, recipe, self.sizes, self.speed), 1e-9)
         self.measured[route] = seconds
@@ -256,16 +266,19 @@ class _BudgetWatch:
     """Epoch callback: stop a run at the end of the epoch that used the budget up.
 
     (A callback cannot tell a route's last epoch, so it does not stop early on a forecast: that could throw away a
-    run at its very end. Runs that would overrun are skipped before they start instead.)"""
+    run at its very end. Runs that would overrun are skipped before they start instead.) ``halt``: end the run with its
+    best epoch so far (:class:`graft.train.loop.StopTraining`) instead of throwing it away (:class:`BudgetStop`)."""
 
-    def __init__(self, started: float, limit: Optional[float]) -> None:
-        self.started, self.limit = started, limit
+    def __init__(self, started: float, limit: Optional[float], halt: bool = False) -> None:
+        self.started, self.limit, self.halt = started, limit, halt
+        self.reached: Optional[str] = None  # why it stopped the run
 
     def __call__(self, record: dict[str, Any]) -> None:
         now = time.time()
         if self.limit is not None and now - self.started > self.limit:
-            raise BudgetStop(f"budget reached after epoch {record.get('epoch')} of stage {record.get('stage_name')} "
-                             f"({now - self.started:.0f} of {self.limit:.0f} s used)")
+            self.reached = (f"budget reached after epoch {record.get('epoch')} of stage {record.get('stage_name')} "
+                            f"({now - self.started:.0f} of {self.limit:.0f} s used)")
+            raise (StopTraining if self.halt else BudgetStop)(self.reached)
 
 
 def leaderboard(entries: Sequence[Entry], order: Sequence[str]) -> list[dict[str, Any]]:

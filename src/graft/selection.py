@@ -5,7 +5,9 @@
    the probe (``linear``, always run, with validation held out of its fit: ``linear.pool_validation=false``, so its
    validation accuracy is honest), the other cached-feature routes, then the gradient routes in advise's order
    followed by ``lpft`` and ``finetune`` when advise left them out,
-   skipped or stopped by the budget as in `graft compare` (:class:`graft.comparison.BudgetedRunner`).
+   skipped or stopped by the budget as in `graft compare` (:class:`graft.comparison.BudgetedRunner`); a candidate the
+   budget stops is kept with its best epoch on validation so far, and a reserve at the end of the budget is left for
+   step 5's scoring.
    They live in ``RUN/candidates/<route>``.
 3. Score every finished candidate's validation probabilities; the winner is the best validation accuracy (ties: the
    lower validation log-loss). With two or more candidates, greedy ensemble selection with replacement (Caruana et al.
@@ -133,7 +135,7 @@ def fit_auto(data: Any = None, backbone: Optional[str] = None, weights: Optional
     speed = measure_throughput(base, train, placement=life.placement)
     tested = len(test_set) if test_set is not None else 0
     runner = BudgetedRunner(started, limit, {"train": len(train), "val": len(val_set), "test": 0}, speed, reporter,
-                            reserve=_reserve(speed.infer, len(val_set), tested))
+                            reserve=_reserve(speed.infer, len(val_set), tested), keep_stopped=True)
     library: dict[str, tuple[Run, np.ndarray]] = {}
     rates: dict[str, float] = {}  # seconds per image of each finished candidate's scoring, measured on validation
     rows = []

@@ -33,6 +33,12 @@ from graft.train.steps import MultiLabelStep, SupervisedStep, batch_loss, hits
 Callback = Callable[[dict[str, Any]], None]
 
 
+class StopTraining(Exception):
+    """Raised by an epoch callback to end training after that epoch: the run then finishes as usual, with the best
+    weights on validation so far (or the last ones without validation), and logs a "halted" event with the reason.
+    Route auto's budget uses it so that a candidate cut short is still a model (:class:`graft.comparison.BudgetedRunner`)."""
+
+
 class RunParts(Protocol):
     """What a route's context carries that the loop needs (:class:`graft.routes.context.Context` has it)."""
 
@@ -237,6 +243,7 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
             state.best_accuracy, state.best_loss, state.best_at = accuracy, loss, [0, 0]
             best.keep(model, (accuracy, -loss))
 
+    halted: Optional[str] = None  # a callback's StopTraining: the reason
     for index in range(state.stage, len(stages)):
         stage = stages[index]
         trainable = trainable_names(model, stage, config.bn_mode)
@@ -299,13 +306,22 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
             reporter.print("  " + "  ".join(f"{k}={v:.3g}" if k == "lr" else f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                             for k, v in record.items() if k not in ("event", "stage", "stage_name")))
             for callback in setup.callbacks:
-                callback(record)
+                try:
+                    callback(record)
+                except StopTraining as request:
+                    halted = str(request)
+            if halted is not None:
+                reporter.print(f"  halted: {halted}")
+                run.log(event="halted", stage=index, epoch=epoch + 1, reason=halted)
+                break
             if stop:
                 reporter.print(f"  early stop: no validation gain for {config.patience} epochs")
                 run.log(event="early_stop", stage=index, epoch=epoch + 1)
                 break
         state.stage, state.epoch, state.bad_epochs = index + 1, 0, 0
         checkpoint = None
+        if halted is not None:
+            break
     skip_unreadable(fabric, run, {"train": (train, train_data), "val": (val, val_data), "unlabeled": (unlabeled, unlabeled_data)})
     best.restore(model)  # no-op when nothing was kept (no validation set)
     if best.state is not None and state.best_at is not None:
