@@ -47,7 +47,7 @@ def test_results_pages_are_the_bench_tables(site):
                        ("exemplar", "results/exemplar.html"), ("source_transfer", "results/source-transfer.html"),
                        ("grow", "results/grow.html"), ("compare_routes", "results/compare.html"), ("oquab", "results/oquab.html"),
                        ("spread", "results/spread.html"), ("throughput", "results/throughput.html"),
-                       ("auto", "results/auto.html")]:
+                       ("auto", "results/auto.html"), ("distill", "results/distill.html")]:
         text = text_of(site / page.replace(".html", "/index.html").replace("results/index/index.html", "results/index.html"))
         rows, _ = bench_rows(name)
         assert rows, name
