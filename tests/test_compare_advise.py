@@ -108,6 +108,16 @@ def test_a_callback_stops_training_with_graft_stop_training(toy_npz, source_run,
     assert "test_accuracy" in run.metrics
 
 
+def test_a_head_only_stage_is_priced_at_an_inference_pass():
+    from graft.comparison import Throughput, estimate_seconds
+    from graft.recipe import Recipe
+
+    sizes, speed = {"train": 1000, "val": 100, "test": 0}, Throughput(0.001, 0.01)
+    cost = lambda stages: estimate_seconds("finetune", Recipe().override([f"train.stages={stages}", "train.min_steps=0"]), sizes, speed)  # noqa: E731
+    assert cost("new:1,all:1") - cost("all:1") == pytest.approx(1000 * 0.001 + 100 * 0.001)  # no backbone gradients
+    assert cost("all:2") - cost("all:1") == pytest.approx(1000 * 0.01 + 100 * 0.001)
+
+
 def test_budget_watch_stops_a_run_that_would_overrun():
     import time
 

@@ -135,7 +135,7 @@ def fit_auto(data: Any = None, backbone: Optional[str] = None, weights: Optional
     speed = measure_throughput(base, train, placement=life.placement)
     tested = len(test_set) if test_set is not None else 0
     runner = BudgetedRunner(started, limit, {"train": len(train), "val": len(val_set), "test": 0}, speed, reporter,
-                            reserve=_reserve(speed.infer, len(val_set), tested), keep_stopped=True)
+                            reserve=_reserve(speed.infer, tested), keep_stopped=True)
     library: dict[str, tuple[Run, np.ndarray]] = {}
     rates: dict[str, float] = {}  # seconds per image of each finished candidate's scoring, measured on validation
     rows = []
@@ -157,7 +157,7 @@ def fit_auto(data: Any = None, backbone: Optional[str] = None, weights: Optional
             scoring = time.time()
             probabilities = run_probabilities(candidate, run_scores(candidate, val_set, placement=life.placement, tta="none"))
             rates[name] = (time.time() - scoring) / len(val_set)
-            runner.reserve = max(runner.reserve, _reserve(rates[name], len(val_set), tested))
+            runner.reserve = max(runner.reserve, _reserve(rates[name], tested))
             library[name] = (candidate, probabilities)
             row["val_accuracy"], row["val_log_loss"] = accuracy_and_log_loss(probabilities, val_set.labels)
             reporter.print(f"{name}: validation accuracy {100 * row['val_accuracy']:.1f}% in {entry.seconds:.0f} s")
@@ -191,10 +191,12 @@ def fit_auto(data: Any = None, backbone: Optional[str] = None, weights: Optional
     return life.finish_run(run, model, meta, evaluation, splits={"train": train, "val": val_set, "test": test_set}, test_logits=logits)
 
 
-def _reserve(rate: float, val: int, test: int) -> float:
-    """Seconds the candidates leave at the end of the budget: the result's flip check on validation and its flipped
-    test scoring, for one model scoring ``rate`` seconds per image (an ensemble or flips beyond it must fit in what is left)."""
-    return 2 * rate * (val + test)
+def _reserve(rate: float, test: int) -> float:
+    """Seconds the candidates leave at the end of the budget: one plain scoring of the test split by one model that
+    scores ``rate`` seconds per image, the result's one step that cannot be skipped. An ensemble or flips cost more and
+    are used only when they fit in what is left (:class:`_ScoringClock`); reserving for them too would skip gradient
+    candidates (measured: ``finetune`` on CIFAR-10 with 1,000 labels/class, 76 % instead of 84 %)."""
+    return rate * test
 
 
 class _ScoringClock:
