@@ -207,7 +207,8 @@ def test_the_ensemble_and_flips_are_used_only_when_their_test_scoring_fits_in_th
 
     clean, _ = test_files
     auto = _auto(toy_npz, source_run, tmp_path / "auto", test=clean, ensemble="never", tta="none")
-    assert auto.meta["auto"]["reserved_seconds"] > 0  # kept out of the candidates' budget for the result's scoring
+    rates = auto.meta["auto"]["scoring_seconds_per_image"]  # measured on validation: what the clock prices scoring with
+    assert set(rates) == {"linear", "finetune"} and all(r > 0 for r in rates.values())
     runs = {name: graft.load_run(auto.path / "candidates" / name) for name in ("linear", "finetune")}
     val = load_images(clean)
     a, b = _complementary(val.labels)

@@ -54,23 +54,6 @@ def test_a_route_that_cannot_run_fails_alone(toy_npz, source_run, tmp_path):
     assert not (tmp_path / "cmp" / "pseudo-s0").exists() and not (tmp_path / "cmp" / ".pseudo-s0.partial").exists()
 
 
-def test_the_runner_leaves_its_reserve_at_the_end_of_the_budget(toy_npz, source_run, tmp_path):
-    import time
-
-    from graft.comparison import BudgetedRunner, Throughput
-    from graft.console import Reporter
-    from graft.recipe import Recipe
-
-    recipe = Recipe().override(["model.backbone=graft_convnet_s", f"model.weights={source_run.path}", *FAST, STAGES])
-    sizes, speed = {"train": 90, "val": 0, "test": 0}, Throughput(1e-4, 1e-4)  # finetune's estimate: well under a second
-    roomy = BudgetedRunner(time.time(), 3600.0, sizes, speed, Reporter(quiet=True))
-    assert roomy.run("finetune", 0, recipe, tmp_path / "a", toy_npz, None, None)[0].status == "done"
-    kept = BudgetedRunner(time.time(), 3600.0, sizes, speed, Reporter(quiet=True), reserve=3600.0)  # the whole budget kept
-    entry, run = kept.run("finetune", 0, recipe, tmp_path / "b", toy_npz, None, None)
-    assert entry.status == "skipped" and run is None and "3600 s more kept for scoring" in entry.reason
-    assert not (tmp_path / "b").exists()
-
-
 def test_a_run_the_budget_stops_is_kept_with_its_best_epoch_only_when_asked(toy_npz, source_run, tmp_path):
     import time
 

@@ -205,14 +205,13 @@ class BudgetedRunner:
     Before each run its time is estimated (:func:`estimate_seconds`, corrected by the ratio of measured to estimated
     time of the first run of its kind; a route that already ran is expected to take what it took); a run that would
     overrun is skipped, a running one is stopped at the end of the epoch that used the budget up (:class:`_BudgetWatch`).
-    `graft compare` and route auto (:mod:`graft.selection`) share it. ``reserve``: seconds at the end of the budget that
-    no run may use (route auto keeps them for scoring its result on the test split). ``keep_stopped`` (route auto): a run
+    `graft compare` and route auto (:mod:`graft.selection`) share it. ``keep_stopped`` (route auto): a run
     the budget stops ends with its best epoch so far (:class:`graft.train.loop.StopTraining`) and is returned, with status
     "stopped"; otherwise (`graft compare`, whose leaderboard compares whole runs) it is thrown away."""
 
     def __init__(self, started: float, limit: Optional[float], sizes: dict[str, int], speed: Throughput, reporter: Reporter,
-                 reserve: float = 0.0, keep_stopped: bool = False) -> None:
-        self.started, self.limit, self.sizes, self.speed, self.reporter, self.reserve = started, limit, sizes, speed, reporter, reserve
+                 keep_stopped: bool = False) -> None:
+        self.started, self.limit, self.sizes, self.speed, self.reporter = started, limit, sizes, speed, reporter
         self.keep_stopped = keep_stopped
         self.correction: dict[bool, float] = {}
         self.measured: dict[str, float] = {}
@@ -235,14 +234,12 @@ class BudgetedRunner:
         cheap = get_route(route).features_only
         estimate = self.measured.get(route) or estimate_seconds(route, recipe, self.sizes, self.speed) * self.correction.get(cheap, 1.0)
         elapsed = time.time() - self.started
-        limit = None if self.limit is None else self.limit - self.reserve
-        if limit is not None and not exempt and elapsed + estimate > limit:
-            kept = f" ({self.reserve:.0f} s more kept for scoring the result)" if self.reserve else ""
+        if self.limit is not None and not exempt and elapsed + estimate > self.limit:
             entry = Entry(route, seed, "skipped", estimate=estimate,
-                          reason=f"estimated {estimate:.0f} s, {max(limit - elapsed, 0):.0f} s of the budget left{kept}")
+                          reason=f"estimated {estimate:.0f} s, {max(self.limit - elapsed, 0):.0f} s of the budget left")
             self.reporter.print(f"[yellow]skip[/] {route} seed {seed}: {entry.reason}")
             return entry, None
-        watch = _BudgetWatch(self.started, None if exempt else limit, halt=self.keep_stopped)
+        watch = _BudgetWatch(self.started, None if exempt else self.limit, halt=self.keep_stopped)
         run_started = time.time()
         try:
             if resume is not None:  # its own recipe and split, saved when it started
