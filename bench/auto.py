@@ -161,8 +161,8 @@ def main() -> None:
             reference = {**reference, "seconds_transfer_basics": reference["seconds"], "seconds": timing["seconds"]}
         budget = round(BUDGET_FACTOR * reference["seconds"], 1)
         for seed in args.seeds[:1] if args.quick else args.seeds:
-            paired = results.setdefault("paired", {}).setdefault(task, {})
-            if args.paired and not args.quick and str(seed) not in paired:  # the best single route on this seed, here and now
+            paired = results.setdefault("paired", {}).setdefault(task, {}) if args.paired and not args.quick else None
+            if paired is not None and str(seed) not in paired:  # the best single route on this seed, here and now
                 paired[str(seed)] = {"route": reference["route"], **timed_reference(task, reference["route"], task_data(task, seed, work),
                                                                                    size, stages, work, seed)}
                 save(out, results)

@@ -247,10 +247,11 @@ def _choose(library: dict[str, tuple[Run, np.ndarray]], best: dict[str, Any], va
         combined = {"tried": True, "method": "greedy selection with replacement (Caruana et al. 2004)" if ensemble == "auto" else "equal weights",
                     "weights": members, "val_accuracy": accuracy, "val_log_loss": loss,
                     "gain_val": accuracy - best["val_accuracy"], "used": False}
-        late = None if ensemble == "always" or len(members) < 2 else clock.refusal("scoring the test split with the ensemble", members, test=1)
-        if late is not None and accuracy > best["val_accuracy"]:
+        wins = len(members) >= 2 and (ensemble == "always" or accuracy > best["val_accuracy"])
+        late = clock.refusal("scoring the test split with the ensemble", members, test=1) if wins and ensemble == "auto" else None
+        if late is not None:
             combined["reason"] = f"not used: {late}"
-        elif len(members) >= 2 and (ensemble == "always" or accuracy > best["val_accuracy"]):
+        elif wins:
             combined["used"] = True
             chosen = [n for n in names if n in members]
             model = Ensemble([library[n][0].model for n in chosen], [members[n] for n in chosen])
