@@ -219,13 +219,47 @@ def test_the_ensemble_and_flips_are_used_only_when_their_test_scoring_fits_in_th
     partial_path(final).mkdir()
     now = time.time()
     roomy, spent = _ScoringClock(now, 3600.0, rates, len(val), 10_000), _ScoringClock(now - 100, 105.0, rates, len(val), 10_000)
-    _, meta, accuracy, _, combined = _choose(library, best, val, "auto", Recipe(), final, roomy)
+    _, meta, probabilities, _, combined = _choose(library, best, val, "auto", Recipe(), final, roomy)
+    accuracy = float((probabilities.argmax(1) == val.labels).mean())
     assert meta["route"] == "ensemble" and combined["used"] and accuracy == 1.0 > best["val_accuracy"]
     # 5 s left: the ensemble wins on validation but its 20 s of test scoring do not fit, so the best single candidate is the result
-    _, meta, accuracy, why, combined = _choose(library, best, val, "auto", Recipe(), final, spent)
-    assert meta["route"] == "linear" and accuracy == best["val_accuracy"] and not combined["used"]
+    _, meta, probabilities, why, combined = _choose(library, best, val, "auto", Recipe(), final, spent)
+    assert meta["route"] == "linear" and probabilities is a and not combined["used"]
     assert "budget" in combined["reason"] and "budget" in why
-    flips = {clock: _choose_tta(runs["finetune"], val, 0.5, "auto", Placement(), clock, ["finetune"]) for clock in (roomy, spent)}
+    flips = {clock: _choose_tta(runs["finetune"], val, b, "auto", Placement(), clock, ["finetune"]) for clock in (roomy, spent)}
     assert "val_accuracy_flip" in flips[roomy] and flips[spent]["used"] == "none" and "not tried" in flips[spent]["reason"]
     # asked for by name, flips are used whatever the budget says
-    assert "val_accuracy_flip" in _choose_tta(runs["finetune"], val, 0.5, "flip", Placement(), spent, ["finetune"])
+    assert "val_accuracy_flip" in _choose_tta(runs["finetune"], val, b, "flip", Placement(), spent, ["finetune"])
+
+
+def test_an_ensemble_that_wins_validation_by_a_few_images_is_not_used(toy_npz, source_run, test_files, tmp_path):
+    from graft.ensembles import gain_p_value
+    from graft.recipe import Recipe
+    from graft.runs import partial_path
+    from graft.selection import CLEAR_GAIN, _choose, _ScoringClock
+
+    # the sign test: 3 images won and none lost could be luck (p = 1/8); 15 won and none lost could not
+    right = np.zeros(30, bool)
+    assert gain_p_value(right, right) == 1.0
+    assert gain_p_value(np.arange(30) < 3, right) == pytest.approx(0.125) and 0.125 > CLEAR_GAIN
+    assert gain_p_value(np.arange(30) < 15, right) < CLEAR_GAIN
+    clean, _ = test_files
+    val = load_images(clean)
+    runs = {name: graft.load_run(source_run.path) for name in ("linear", "finetune")}
+    # the best single model is sure on images 0-19, just wrong on 20-21 and sure and wrong on the rest; the other is
+    # sure and right only on 20-21: their mean wins validation by those two images and no more
+    def model(rows):
+        p = np.zeros((len(val.labels), 3))
+        for i, y in enumerate(val.labels):
+            p[i, [y, (y + 1) % 3, (y + 2) % 3]] = rows(i)
+        return p
+    single = model(lambda i: (0.9, 0.05, 0.05) if i < 20 else (0.45, 0.55, 0.0) if i < 22 else (0.05, 0.9, 0.05))
+    other = model(lambda i: (0.2, 0.6, 0.2) if i < 20 else (0.9, 0.05, 0.05) if i < 22 else (0.05, 0.9, 0.05))
+    library = {"linear": (runs["linear"], single), "finetune": (runs["finetune"], other)}
+    best = {"route": "linear", "val_accuracy": float((single.argmax(1) == val.labels).mean())}
+    final = tmp_path / "final"
+    partial_path(final).mkdir()
+    _, meta, probabilities, why, combined = _choose(library, best, val, "auto", Recipe(), final,
+                                                    _ScoringClock(0.0, None, {}, len(val), len(val)))
+    assert combined["tried"] and round(30 * combined["gain_val"]) == 2 and combined["p_value"] == pytest.approx(0.25)
+    assert meta["route"] != "ensemble" and probabilities is single and not combined["used"] and "luck" in combined["reason"] and "luck" in why
