@@ -4,11 +4,13 @@ CIFAR-10 with 10 and 100 labels per class (seeded subsets of the training split)
 training image outside the labelled subsets of all the task's seeds (49,700 at 10 labels/class, 47,061 at 100 with
 seeds 0-2: one pool per task, so its features are extracted once; the labels are read only by ``--audit``, for
 the pseudo-labels' accuracy);
-the full 10,000-image test split; the shared ImageNet MobileNetV2 at 96 px; graft's defaults otherwise.
+the full 10,000-image test split; the shared ImageNet MobileNetV2 at 96 px (``--image-size``: another input size, kept
+as rows of their own); graft's defaults otherwise.
 Rows: ``linear`` (labels only) and ``spread`` (labels + pool). Mean ± std over seeds, seconds per run.
 
     python bench/spread.py                       # both tasks, seeds 0 1 2
     python bench/spread.py --tasks cifar10-10 --seeds 0
+    python bench/spread.py --image-size 160      # larger input: better frozen features, 2.8x the extraction time
     python bench/spread.py --table
 """
 from __future__ import annotations
@@ -45,7 +47,7 @@ def main() -> None:
 
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {"runs": []}
-    done = {(r["task"], r["row"], r["seed"]) for r in results["runs"]}
+    done = {(r["task"], r["row"], r["seed"], size_of(r)) for r in results["runs"]}
     work = Path(tempfile.gettempdir()) / "graft-spread"
     work.mkdir(exist_ok=True)
     os.environ.setdefault("GRAFT_CACHE", str(work / "cache"))  # the test split's features are extracted once
@@ -56,7 +58,7 @@ def main() -> None:
             train = str(subset_npz(SHARED / "datasets" / "cifar10_train.npz", per_class, seed, work))
             pool = shared_pool(per_class, args.seeds, work)
             for row in args.rows:
-                if (task, row, seed) in done:
+                if (task, row, seed, args.image_size) in done:
                     continue
                 overrides = ["data.test_fraction=0", f"runtime.seed={seed}", f"data.image_size={args.image_size}"]
                 if row == "spread":
@@ -91,19 +93,25 @@ def shared_pool(per_class: int, seeds: list[int], folder: Path) -> Path:
     return out
 
 
+def size_of(row: dict) -> int:
+    """A row's input size (rows from before sizes were recorded are 96 px)."""
+    return int(row.get("image_size") or 96)
+
+
 def print_table(results: dict) -> None:
     rows = results["runs"]
-    print("| task | " + " | ".join(ROWS.values()) + " | gain | goal | pool labelled right | seeds |\n|---|" + "---|" * (len(ROWS) + 4))
-    for task in [t for t in TASKS if any(r["task"] == t for r in rows)]:
-        picked = {row: sorted((r for r in rows if r["task"] == task and r["row"] == row), key=lambda r: r["seed"]) for row in ROWS}
+    print("| task | input | " + " | ".join(ROWS.values()) + " | gain | goal | pool labelled right | seeds |\n|---|---|" + "---|" * (len(ROWS) + 4))
+    for task, size in sorted({(r["task"], size_of(r)) for r in rows}, key=lambda pair: (TASKS.index(pair[0]), pair[1])):
+        picked = {row: sorted((r for r in rows if r["task"] == task and r["row"] == row and size_of(r) == size), key=lambda r: r["seed"])
+                  for row in ROWS}
         cells = [f"{mean_std([r['test_accuracy'] for r in picked[row]])} ({sum(r['seconds'] for r in picked[row]) / max(len(picked[row]), 1):.0f} s)"
                  if picked[row] else "-" for row in ROWS]
         paired = {r["seed"]: r["test_accuracy"] for r in picked["linear"]}
         gains = [r["test_accuracy"] - paired[r["seed"]] for r in picked["spread"] if r["seed"] in paired]
         gain = ", ".join(f"{100 * g:+.1f}" for g in gains) or "-"
         right = mean_std([r["pseudo_label_accuracy"] for r in picked["spread"] if r.get("pseudo_label_accuracy") is not None])
-        seeds = sorted({r["seed"] for r in rows if r["task"] == task})
-        print(f"| {task} | {' | '.join(cells)} | {gain} | ≥ {100 * GOALS[task]:.0f} | {right} | {','.join(map(str, seeds))} |")
+        seeds = sorted({r["seed"] for row in ROWS for r in picked[row]})
+        print(f"| {task} | {size} px | {' | '.join(cells)} | {gain} | ≥ {100 * GOALS[task]:.0f} | {right} | {','.join(map(str, seeds))} |")
 
 
 if __name__ == "__main__":
