@@ -91,6 +91,29 @@ def test_a_callback_stops_training_with_graft_stop_training(toy_npz, source_run,
     assert "test_accuracy" in run.metrics
 
 
+def test_a_run_killed_after_a_callback_halted_it_resumes_without_training_further(toy_npz, source_run, tmp_path):
+    from safetensors.torch import load_file
+
+    def at_first_all_epoch(error):
+        def callback(record):
+            if record["stage_name"] == "all" and record["epoch"] == 1:
+                raise error
+        return callback
+
+    fit = lambda out, callbacks: graft.fit(toy_npz, route="finetune", backbone="graft_convnet_s", weights=str(source_run.path),  # noqa: E731
+                                           out=tmp_path / out, quiet=True, overrides=[*FAST, STAGES], callbacks=callbacks)
+    whole = fit("whole", [at_first_all_epoch(graft.StopTraining("enough"))])
+    with pytest.raises(KeyboardInterrupt):  # killed right after the halt, before the run finished
+        fit("cut", [at_first_all_epoch(graft.StopTraining("enough")), at_first_all_epoch(KeyboardInterrupt())])
+    seen = []
+    resumed = graft.fit(resume=tmp_path / "cut", quiet=True, callbacks=[seen.append])
+    assert [r for r in seen if r.get("event") == "epoch"] == []  # the checkpoint said halted: no epoch after it
+    assert [r["reason"] for r in read_records(resumed.path / "metrics.jsonl") if r.get("event") == "halted"] == ["enough"]
+    assert resumed.metrics["test_accuracy"] == whole.metrics["test_accuracy"]
+    a, b = load_file(str(whole.path / "model.safetensors")), load_file(str(resumed.path / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_head_only_stage_is_priced_at_an_inference_pass():
     from graft.comparison import Throughput, estimate_seconds
     from graft.recipe import Recipe

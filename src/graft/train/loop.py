@@ -92,6 +92,7 @@ class LoopState:
     best_at: Optional[list[int]] = None
     bad_epochs: int = 0
     global_epoch: int = 0
+    halted: Optional[str] = None  # a callback's StopTraining: the reason (a resumed run trains no further)
 
 
 def train_batch_size(images: int, batch_size: int) -> int:
@@ -243,8 +244,13 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
             state.best_accuracy, state.best_loss, state.best_at = accuracy, loss, [0, 0]
             best.keep(model, (accuracy, -loss))
 
-    halted: Optional[str] = None  # a callback's StopTraining: the reason
-    for index in range(state.stage, len(stages)):
+    halted: Optional[str] = state.halted  # a callback's StopTraining: the reason
+
+    def save_checkpoint() -> None:
+        run.save_checkpoint(model, optimizer, best.state, {"loop": asdict(state), "history": history,
+                                                           **({"step": step.state_dict()} if hasattr(step, "state_dict") else {})})
+
+    for index in range(len(stages) if halted is not None else state.stage, len(stages)):
         stage = stages[index]
         trainable = trainable_names(model, stage, config.bn_mode)
         apply_stage(model, trainable, config.bn_mode)
@@ -301,18 +307,19 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
             history.append(record)
             run.log(**record)
             state.epoch, state.global_epoch = (stage.epochs if stop else epoch + 1), state.global_epoch + 1
-            run.save_checkpoint(model, optimizer, best.state, {"loop": asdict(state), "history": history,
-                                                               **({"step": step.state_dict()} if hasattr(step, "state_dict") else {})})
+            save_checkpoint()
             reporter.print("  " + "  ".join(f"{k}={v:.3g}" if k == "lr" else f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                             for k, v in record.items() if k not in ("event", "stage", "stage_name")))
             for callback in setup.callbacks:
                 try:
                     callback(record)
                 except StopTraining as request:
-                    halted = str(request)
+                    if halted is None:  # the checkpoint says so at once: killed from here on, --resume trains no further
+                        halted = state.halted = str(request)
+                        save_checkpoint()
+                        run.log(event="halted", stage=index, epoch=epoch + 1, reason=halted)
             if halted is not None:
                 reporter.print(f"  halted: {halted}")
-                run.log(event="halted", stage=index, epoch=epoch + 1, reason=halted)
                 break
             if stop:
                 reporter.print(f"  early stop: no validation gain for {config.patience} epochs")
