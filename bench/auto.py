@@ -7,7 +7,7 @@ again here, alone, on every seed this invocation runs, in the conditions of the 
 and threads, a feature cache of its own): its test accuracy is the paired comparison ('alone, same seeds'), and each
 run of ``--route auto`` gets a budget of 1.5x its mean time here (stored as ``reference_timing``). The machine's
 speed drifts by up to 1.5x between sessions: a time measured in another session made budgets that did not fit the
-single route itself (PneumoniaMNIST: finetune took 276 s in one session, about 390 s in the next). Ensembling is measured on validation (what auto saw) and on test: the test
+single route itself (PneumoniaMNIST: finetune took 276 s in one session, 368-381 s in the next). Ensembling is measured on validation (what auto saw) and on test: the test
 accuracy of the ensemble tried against that of the best single candidate, both computed here after the run (auto
 itself reads the test split once, with its winner).
 

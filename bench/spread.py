@@ -25,6 +25,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,25 +70,20 @@ def main() -> None:
                 if row.endswith("spread"):
                     overrides += [f"data.unlabeled={pool}", "pseudo.audit=true"]
                 started = time.time()
-                weights, before = str(MOBILENET), 0.0
+                weights = str(MOBILENET)
                 if row == "lpft+spread":  # fine-tune on the labels first; spread then reads the pool through that backbone
                     tuned = work / f"{task}-lpft-s{seed}"
                     shutil.rmtree(tuned, ignore_errors=True)
                     lpft = graft.fit(train, route="lpft", backbone="mobilenetv2_100", weights=weights, test=test, out=tuned, quiet=True,
                                      overrides=overrides[:3])
-                    before = round(time.time() - started, 1)
-                    results = add_row(out, {"task": task, "row": "lpft", "seed": seed, "test_accuracy": lpft.metrics["test_accuracy"],
-                                            "val_accuracy": lpft.metrics.get("val_accuracy"), "seconds": before, "image_size": args.image_size,
-                                            "threads": int(os.environ.get("GRAFT_THREADS", 0)) or None})
+                    results = add_row(out, row_of(task, "lpft", seed, lpft, started, args.image_size))
                     weights = str(tuned)
                 folder = work / f"{task}-{row}-s{seed}"
                 shutil.rmtree(folder, ignore_errors=True)
                 run = graft.fit(train, route=row.split("+")[-1], backbone="mobilenetv2_100", weights=weights, test=test, out=folder,
                                 quiet=True, overrides=overrides)
                 info = run.meta["info"]
-                entry = {"task": task, "row": row, "seed": seed, "test_accuracy": run.metrics["test_accuracy"],
-                         "val_accuracy": run.metrics.get("val_accuracy"), "seconds": round(time.time() - started, 1),
-                         "image_size": args.image_size, "threads": int(os.environ.get("GRAFT_THREADS", 0)) or None}
+                entry = row_of(task, row, seed, run, started, args.image_size)
                 if row.endswith("spread"):
                     entry.update({key: info.get(key) for key in ("pool", "k", "alpha", "probe_c", "pseudo_label_accuracy", "spread_scores")})
                 results = add_row(out, entry)
@@ -108,6 +104,13 @@ def shared_pool(per_class: int, seeds: list[int], folder: Path) -> Path:
         rest = np.setdiff1d(np.arange(len(data["labels"])), labelled)
         np.savez(out, images=data["images"][rest], labels=data["labels"][rest], classes=data["classes"])
     return out
+
+
+def row_of(task: str, row: str, seed: int, run: Any, started: float, size: int) -> dict[str, Any]:
+    """A results row of ``run``, its seconds counted from ``started``."""
+    return {"task": task, "row": row, "seed": seed, "test_accuracy": run.metrics["test_accuracy"],
+            "val_accuracy": run.metrics.get("val_accuracy"), "seconds": round(time.time() - started, 1), "image_size": size,
+            "threads": int(os.environ.get("GRAFT_THREADS", 0)) or None}
 
 
 def size_of(row: dict) -> int:

@@ -14,13 +14,13 @@
    members that beats the best single candidate on validation *clearly* is the result (route ``ensemble``).
 4. Horizontal-flip test-time augmentation is kept only when it raises the winner's validation accuracy clearly (and
    never for runs trained without flips).
+5. Only then is the test split read: the winner is evaluated on it once. The result is an ordinary run directory of the
+   winner (its recipe, weights, curves), whose model.json ``auto`` key and report hold the leaderboard (validation
+   numbers), the measurements and why the winner won.
 
 "Clearly" (:data:`CLEAR_GAIN`): the gain passes a one-sided exact McNemar test at that level on the validation images
 (:func:`graft.ensembles.gain_p_value`). A gain of three or four images out of 524 passes on accuracy alone and was
 measured to cost 1.6-3.0 points on test (PneumoniaMNIST, bench/auto.py).
-5. Only then is the test split read: the winner is evaluated on it once. The result is an ordinary run directory of the
-   winner (its recipe, weights, curves), whose model.json ``auto`` key and report hold the leaderboard (validation
-   numbers), the measurements and why the winner won.
 """
 from __future__ import annotations
 

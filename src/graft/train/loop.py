@@ -244,13 +244,11 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
             state.best_accuracy, state.best_loss, state.best_at = accuracy, loss, [0, 0]
             best.keep(model, (accuracy, -loss))
 
-    halted: Optional[str] = state.halted  # a callback's StopTraining: the reason
-
     def save_checkpoint() -> None:
         run.save_checkpoint(model, optimizer, best.state, {"loop": asdict(state), "history": history,
                                                            **({"step": step.state_dict()} if hasattr(step, "state_dict") else {})})
 
-    for index in range(len(stages) if halted is not None else state.stage, len(stages)):
+    for index in range(len(stages) if state.halted is not None else state.stage, len(stages)):
         stage = stages[index]
         trainable = trainable_names(model, stage, config.bn_mode)
         apply_stage(model, trainable, config.bn_mode)
@@ -314,12 +312,12 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
                 try:
                     callback(record)
                 except StopTraining as request:
-                    if halted is None:  # the checkpoint says so at once: killed from here on, --resume trains no further
-                        halted = state.halted = str(request)
+                    if state.halted is None:  # the checkpoint says so at once: killed from here on, --resume trains no further
+                        state.halted = str(request)
                         save_checkpoint()
-                        run.log(event="halted", stage=index, epoch=epoch + 1, reason=halted)
-            if halted is not None:
-                reporter.print(f"  halted: {halted}")
+                        run.log(event="halted", stage=index, epoch=epoch + 1, reason=state.halted)
+            if state.halted is not None:
+                reporter.print(f"  halted: {state.halted}")
                 break
             if stop:
                 reporter.print(f"  early stop: no validation gain for {config.patience} epochs")
@@ -327,7 +325,7 @@ def train_stages(setup: LoopSetup, model: nn.Module, stages: Sequence[Stage], tr
                 break
         state.stage, state.epoch, state.bad_epochs = index + 1, 0, 0
         checkpoint = None
-        if halted is not None:
+        if state.halted is not None:
             break
     skip_unreadable(fabric, run, {"train": (train, train_data), "val": (val, val_data), "unlabeled": (unlabeled, unlabeled_data)})
     best.restore(model)  # no-op when nothing was kept (no validation set)
