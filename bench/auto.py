@@ -11,8 +11,14 @@ single route itself (PneumoniaMNIST: finetune took 276 s in one session, 368-381
 accuracy of the ensemble tried against that of the best single candidate, both computed here after the run (auto
 itself reads the test split once, with its winner).
 
+Threads are part of a run: the same seed trained with 1 and with 2 torch threads adds its floats in another order and
+ends in another model (PneumoniaMNIST finetune, seeds 0-2: 91.8/93.3/93.3 % with 1 thread, 92.1/92.1/91.5 % with 2).
+The headline table ran with GRAFT_THREADS=1; rows here record their threads, and a run with GRAFT_THREADS=1 compares
+auto with the headline in the headline's own conditions (its rows are kept beside the 2-thread ones).
+
     python bench/auto.py                       # everything (hours on 2 CPU cores)
     python bench/auto.py --tasks pneumonia --seeds 0
+    GRAFT_THREADS=1 python bench/auto.py --tasks pneumonia   # the headline's threads
     python bench/auto.py --quick               # minutes: checks the script, numbers mean nothing
     python bench/auto.py --table
 """
@@ -68,6 +74,18 @@ def timed_reference(task: str, route: str, files: dict[str, str], size: int, sta
     shutil.rmtree(run.path, ignore_errors=True)
     shutil.rmtree(work / f"reference-cache-{task}", ignore_errors=True)
     return {"seconds": round(seconds, 1), "test_accuracy": run.metrics["test_accuracy"]}
+
+
+def threads_of(entry: dict[str, Any]) -> Any:
+    """torch threads a row or an 'alone' fit ran with ('-' for rows from before the bench recorded them). The same seed
+    run with 1 and with 2 threads sums its floats in another order and trains another model: the headline table
+    (bench/transfer_basics.py) ran with GRAFT_THREADS=1, this bench with the default 2 unless GRAFT_THREADS says."""
+    return entry.get("threads", "-")
+
+
+def alone_of(results: dict[str, Any], task: str, seed: int, threads: Any) -> Any:
+    """The best single route fitted alone on ``task``, ``seed`` with ``threads`` threads in this bench, or None."""
+    return next((a for a in results.get("alone", []) if (a["task"], a["seed"], threads_of(a)) == (task, seed, threads)), None)
 
 
 def timed_here(row: dict[str, Any]) -> bool:
@@ -142,11 +160,14 @@ def main() -> None:
         print_table(json.loads(out.read_text()))
         return
     require_shared()
+    import torch
+
     import graft
 
     basics = json.loads((RESULTS / "transfer_basics.json").read_text())
     results = json.loads(out.read_text()) if out.exists() else {"runs": []}
-    done = {(r["task"], r["seed"]) for r in results["runs"] if timed_here(r) and rules(r) == CURRENT}
+    threads = torch.get_num_threads()
+    done = {(r["task"], r["seed"]) for r in results["runs"] if timed_here(r) and rules(r) == CURRENT and threads_of(r) == threads}
     work = Path(tempfile.mkdtemp(prefix="graft-bench-auto-"))
     os.environ.setdefault("GRAFT_CACHE", str(work / "cache"))
     tasks = ["quick"] if args.quick else args.tasks
@@ -159,15 +180,17 @@ def main() -> None:
             seeds = [seed for seed in args.seeds if (task, seed) not in done]
             if not seeds:
                 continue
-            paired = results.setdefault("paired", {}).setdefault(task, {})
+            alone = results.setdefault("alone", [])
             for seed in seeds:  # the best single route alone on every seed, here and now: the pairs and the budget
-                paired[str(seed)] = {"route": reference["route"], **timed_reference(task, reference["route"], task_data(task, seed, work),
-                                                                                   size, stages, work, seed)}
+                alone[:] = [a for a in alone if (a["task"], a["seed"], threads_of(a)) != (task, seed, threads)]
+                alone.append({"task": task, "seed": seed, "threads": threads, "route": reference["route"],
+                              **timed_reference(task, reference["route"], task_data(task, seed, work), size, stages, work, seed)})
                 save(out, results)
-                print(f"{task} seed {seed}: {reference['route']} alone {paired[str(seed)]}", flush=True)
-            seconds = round(statistics.mean(paired[str(seed)]["seconds"] for seed in seeds), 1)
-            results.setdefault("reference_timing", {})[task] = {"route": reference["route"], "seconds": seconds, "stages": stages,
-                                                                "image_size": size, "seeds": seeds, "when": time.strftime("%Y-%m-%d %H:%M")}
+                print(f"{task} seed {seed}: {reference['route']} alone {alone[-1]}", flush=True)
+            seconds = round(statistics.mean(alone_of(results, task, seed, threads)["seconds"] for seed in seeds), 1)
+            results.setdefault("reference_timing", {})[f"{task}, {threads} threads"] = {
+                "route": reference["route"], "seconds": seconds, "stages": stages, "image_size": size, "seeds": seeds,
+                "threads": threads, "when": time.strftime("%Y-%m-%d %H:%M")}
             save(out, results)
             reference = {**reference, "seconds_transfer_basics": reference["seconds"], "seconds": seconds}
         budget = round(BUDGET_FACTOR * reference["seconds"], 1)
@@ -181,14 +204,14 @@ def main() -> None:
                             overrides=[f"data.image_size={size}", "data.test_fraction=0", f"runtime.seed={seed}", f"train.stages={stages}"])
             auto = run.meta["auto"]
             row = {"task": task, "seed": seed, "test_accuracy": run.metrics["test_accuracy"], "seconds": round(time.time() - started, 1),
-                   "budget_seconds": budget, "chosen": run.meta["route"], "tta": run.meta["tta"],
+                   "budget_seconds": budget, "threads": threads, "chosen": run.meta["route"], "tta": run.meta["tta"],
                    "members": auto["ensemble"].get("weights") if run.meta["route"] == "ensemble" else None,
                    "ensemble_gain_val": auto["ensemble"].get("gain_val"), "ensemble_used": auto["ensemble"].get("used", False),
                    "candidates": {r["route"]: {"status": r["status"], "val_accuracy": r["val_accuracy"], "seconds": r["seconds"]}
                                   for r in auto["leaderboard"]},
                    "reference": reference, "budget_from": "alone", "stages": stages, "image_size": size, "scoring_seconds_per_image": auto["scoring_seconds_per_image"],
                    **ensemble_on_test(run, files["test"])}
-            results = add_row(out, row, lambda r, key=(task, seed): timed_here(r) and (r["task"], r["seed"]) != key, config={k: v for k, v in vars(args).items() if k not in ("table", "out")})
+            results = add_row(out, row, lambda r, key=(task, seed, threads): timed_here(r) and (r["task"], r["seed"], threads_of(r)) != key, config={k: v for k, v in vars(args).items() if k not in ("table", "out")})
             print({k: row[k] for k in ("task", "seed", "test_accuracy", "chosen", "ensemble_gain_val", "ensemble_gain_test", "seconds")},
                   flush=True)
             shutil.rmtree(run.path, ignore_errors=True)
@@ -197,28 +220,28 @@ def main() -> None:
 
 
 def print_table(results: dict[str, Any]) -> None:
-    rows, paired = results["runs"], results.get("paired", {})
+    rows = results["runs"]
     print("route auto under 1.5x the best single route's mean time: test accuracy %, mean ± std over seeds. 'alone, same seeds':\n"
           "that route fitted alone on the auto rows' seeds just before them, and auto minus it per seed; 'seconds here': its mean\n"
           "time then (the budget's base; older rows: one seed, timed in an earlier session). 'extras': when auto used an ensemble\n"
           "or flips: on a clear validation gain (one-sided McNemar p <= 0.05) or any gain, and whether their scoring had to fit\n"
-          "in the budget left\n")
+          "in the budget left. 'threads': torch threads of the auto and alone runs; the headline table ran with 1\n")
     print("| task | best single route: mean test %, seconds here | alone, same seeds | auto | auto ≥ best? | auto − alone, per seed | "
-          "chosen | ensemble gain, val | ensemble gain, test | auto seconds (budget) | extras | seeds |\n|---|" + "---|" * 11)
-    for task, kept in dict.fromkeys((r["task"], rules(r)) for r in rows):
-        mine = [r for r in rows if r["task"] == task and rules(r) == kept]
+          "chosen | ensemble gain, val | ensemble gain, test | auto seconds (budget) | extras | threads | seeds |\n|---|" + "---|" * 12)
+    for task, kept, threads in dict.fromkeys((r["task"], rules(r), threads_of(r)) for r in rows):
+        mine = [r for r in rows if (r["task"], rules(r), threads_of(r)) == (task, kept, threads)]
         reference = mine[0]["reference"]
         accuracy = statistics.mean(r["test_accuracy"] for r in mine)
         chosen = ", ".join(f"{name} x{sum(r['chosen'] == name for r in mine)}" for name in dict.fromkeys(r["chosen"] for r in mine))
         gain = lambda key: mean_std([r[key] for r in mine if r[key] is not None])  # noqa: E731  (points, as %)
         verdict = "-" if reference["test_accuracy"] != reference["test_accuracy"] else ("yes" if accuracy >= reference["test_accuracy"] else "no")
         seconds = statistics.mean(r["seconds"] for r in mine)
-        alone = {r["seed"]: paired[task][str(r["seed"])] for r in mine if kept == CURRENT and str(r["seed"]) in paired.get(task, {})}
+        alone = {r["seed"]: alone_of(results, task, r["seed"], threads) for r in mine if alone_of(results, task, r["seed"], threads)}
         same = "-" if not alone else f"{mean_std([a['test_accuracy'] for a in alone.values()])} ({len(alone)} seeds)"
         differences = ", ".join(f"s{r['seed']} {100 * (r['test_accuracy'] - alone[r['seed']]['test_accuracy']):+.1f}" for r in mine if r["seed"] in alone) or "-"
         print(f"| {task} | {reference['route']} {100 * reference['test_accuracy']:.1f}, {reference['seconds']:.0f} s | {same} | "
               f"{mean_std([r['test_accuracy'] for r in mine])} | {verdict} | {differences} | {chosen} | {gain('ensemble_gain_val')} | "
-              f"{gain('ensemble_gain_test')} | {seconds:.0f} ({mine[0]['budget_seconds']:.0f}) | {kept} | "
+              f"{gain('ensemble_gain_test')} | {seconds:.0f} ({mine[0]['budget_seconds']:.0f}) | {kept} | {threads} | "
               f"{','.join(str(r['seed']) for r in mine)} |")
 
 
