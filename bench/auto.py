@@ -12,8 +12,8 @@ accuracy of the ensemble tried against that of the best single candidate, both c
 itself reads the test split once, with its winner).
 
 Threads are part of a run: the same seed trained with 1 and with 2 torch threads adds its floats in another order and
-ends in another model (PneumoniaMNIST finetune, seed 0: 92.1 % with 2 threads, 92.5 % with 1; the headline's 91.8 %,
-also 1 thread, came from an earlier session and code). The headline table ran with GRAFT_THREADS=1; rows here record
+ends in another model (PneumoniaMNIST finetune, seed 0: 92.1 % with 2 threads, 92.5 % with 1; the 91.8 % of the headline's rows of
+2026-12-03, also 1 thread, came from older code and are replaced). The headline table ran with GRAFT_THREADS=1; rows here record
 their threads, and a run with GRAFT_THREADS=1 is kept beside the 2-thread ones.
 
     python bench/auto.py                       # everything (hours on 2 CPU cores)
