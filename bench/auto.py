@@ -12,9 +12,9 @@ accuracy of the ensemble tried against that of the best single candidate, both c
 itself reads the test split once, with its winner).
 
 Threads are part of a run: the same seed trained with 1 and with 2 torch threads adds its floats in another order and
-ends in another model (PneumoniaMNIST finetune, seed 0: 92.1 % with 2 threads, 92.5 % with 1; the 91.8 % of the headline's rows of
-2026-12-03, also 1 thread, came from older code and are replaced). The headline table ran with GRAFT_THREADS=1; rows here record
-their threads, and a run with GRAFT_THREADS=1 is kept beside the 2-thread ones.
+ends in another model (PneumoniaMNIST finetune, seed 0: 92.1 % with 2 threads, 92.5 % with 1; the 91.8 % of the
+headline's rows of 2026-12-03, also 1 thread, came from older code and are replaced). The headline table ran with
+GRAFT_THREADS=1; rows here record their threads, and a run with GRAFT_THREADS=1 is kept beside the 2-thread ones.
 
     python bench/auto.py                       # everything (hours on 2 CPU cores)
     python bench/auto.py --tasks pneumonia --seeds 0
@@ -52,12 +52,11 @@ def headline_means(task: str, basics: dict[str, Any]) -> dict[str, float]:
 
 def best_single(task: str, basics: dict[str, Any]) -> dict[str, Any]:
     """The route with the best mean test accuracy on ``task`` in transfer_basics' current rows, its mean and mean seconds."""
-    rows = [r for r in basics["runs"] if r["task"] == task and current(r)]
     means = headline_means(task, basics)
     if not means:
         raise SystemExit(f"bench/results/transfer_basics.json has no current rows of {task}; run bench/transfer_basics.py first")
     route = max(means, key=means.get)
-    seconds = statistics.mean(r["seconds"] for r in rows if r["route"] == route)
+    seconds = statistics.mean(r["seconds"] for r in basics["runs"] if (r["task"], r["route"]) == (task, route) and current(r))
     return {"route": route, "test_accuracy": means[route], "seconds": seconds}
 
 
@@ -245,7 +244,7 @@ def print_table(results: dict[str, Any]) -> None:
         gain = lambda key: mean_std([r[key] for r in mine if r[key] is not None])  # noqa: E731  (points, as %)
         verdict = "-" if reference["test_accuracy"] != reference["test_accuracy"] else ("yes" if accuracy >= reference["test_accuracy"] else "no")
         seconds = statistics.mean(r["seconds"] for r in mine)
-        alone = {r["seed"]: alone_of(results, task, r["seed"], threads) for r in mine if alone_of(results, task, r["seed"], threads)}
+        alone = {r["seed"]: fit for r in mine if (fit := alone_of(results, task, r["seed"], threads))}
         same = "-" if not alone else f"{mean_std([a['test_accuracy'] for a in alone.values()])} ({len(alone)} seeds)"
         differences = ", ".join(f"s{r['seed']} {100 * (r['test_accuracy'] - alone[r['seed']]['test_accuracy']):+.1f}" for r in mine if r["seed"] in alone) or "-"
         print(f"| {task} | {reference['route']} {100 * reference['test_accuracy']:.1f}, {reference['seconds']:.0f} s | {same} | "
